@@ -1,0 +1,1 @@
+//! Small PNG line plots.
