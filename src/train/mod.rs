@@ -1,1 +1,4 @@
-//! (filled in by its issue)
+//! Training (in progress).
+pub mod ema;
+pub mod objective;
+pub mod optim;
