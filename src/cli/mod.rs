@@ -1,17 +1,91 @@
-//! The `msdiff` command line.
-use clap::Parser;
+//! The `msdiff` command line. Each subcommand lives in its own file; shared argument groups in
+//! [`args`]. Errors print one line (`msdiff: error: ...`) and exit with code 2.
+pub mod args;
+mod cluster;
+mod demo;
+mod info;
+mod sample;
+mod train;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "msdiff", version, about = "Multi-stage diffusion models on libtorch")]
+#[command(
+    name = "msdiff",
+    version,
+    about = "Multi-stage diffusion models (Zhang et al., CVPR 2024) on libtorch",
+    long_about = "Multi-stage diffusion models (Zhang et al., CVPR 2024) on libtorch: timestep clustering, \
+                  multi-decoder U-Nets and their baselines, training, the standard samplers and FID.\n\n\
+                  Dataset specs (--data): builtin (procedural shapes, no files), mnist:DIR, fashion-mnist:DIR \
+                  (IDX files, plain or gzip; add :test for the test split), idx:FILE, cifar10:DIR (binary batches), \
+                  folder:DIR (PNG/JPEG), FILE.npy ([N,C,H,W] in [-1,1]) or a bare path (detected)."
+)]
 pub struct Cli {
-    /// libtorch intra-op threads (0 = all cores).
-    #[arg(long, global = true, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub global: args::Global,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// Run the CLI; returns the process exit code (0 ok, 2 bad input or failure).
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The main job: cluster, train a small multi-stage model on the built-in data, sample, report.
+    Demo(demo::DemoArgs),
+    /// Compute stage boundaries: Algorithm 1 (optimal denoiser), uniform or SNR split.
+    Cluster(cluster::ClusterArgs),
+    /// Train a model from a TOML configuration (or resume a run).
+    Train(train::TrainArgs),
+    /// Draw samples with any sampler from a checkpoint or from a dataset's optimal denoiser.
+    Sample(sample::SampleArgs),
+    /// Parameters and GFLOPs per stage of a network configuration.
+    Info(info::InfoArgs),
+}
+
+/// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::runtime::set_threads(cli.threads);
-    0
+    crate::runtime::set_threads(cli.global.threads);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("msdiff: error: {}", one_line(&e));
+            2
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!("msdiff: internal error: {}", msg.lines().next().unwrap_or(""));
+            if msg.contains("out of memory") {
+                eprintln!("msdiff: hint: the device ran out of memory; lower the batch size (--batch)");
+            }
+            1
+        }
+    }
+}
+
+/// An error chain on one line: "outer: inner: root".
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string().lines().next().unwrap_or("").trim().to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    // libtorch prints its own warnings; ours go to stderr too.
+    match cli.command {
+        Command::Demo(a) => demo::run(&cli.global, a),
+        Command::Cluster(a) => cluster::run(&cli.global, a),
+        Command::Train(a) => train::run(&cli.global, a),
+        Command::Sample(a) => sample::run(&cli.global, a),
+        Command::Info(a) => info::run(&cli.global, a),
+    }
 }

@@ -7,6 +7,7 @@
 //! its stage's decoder all plug into every sampler unchanged.
 
 pub mod gaussian;
+pub mod model;
 pub mod optimal;
 
 pub use gaussian::GaussianDenoiser;

@@ -1,0 +1,181 @@
+//! `msdiff cluster`: stage boundaries for a dataset.
+use super::args::{parse_number, progress, Global};
+use crate::cluster::optimal::{agreement_curves, algorithm1_cuts, stage_cuts, Curves, DataScale, OptimalOptions};
+use crate::cluster::{self, Method, Split};
+use crate::data::{self, LoadOptions};
+use crate::denoiser::OptimalDenoiser;
+use crate::process::ProcessConfig;
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Dataset (see `msdiff --help`); needed by --method optimal.
+    #[arg(long, default_value = "builtin")]
+    pub data: String,
+    /// Use at most this many images.
+    #[arg(long)]
+    pub data_limit: Option<usize>,
+    /// Number of stages (>= 2).
+    #[arg(long, default_value_t = 3)]
+    pub stages: usize,
+    /// optimal (Algorithm 1), uniform (equal t intervals) or snr (log-SNR dynamic programme).
+    #[arg(long, default_value = "optimal")]
+    pub method: String,
+    /// Algorithm 1 threshold alpha in (0, 1] (not published; see docs/CLUSTERING.md).
+    #[arg(long, default_value_t = 0.9)]
+    pub alpha: f64,
+    /// Per-pixel tolerance eta (a fraction like 2/255 is accepted; official: 2/255 on [0,1] data).
+    #[arg(long, default_value = "2/255")]
+    pub eta: String,
+    /// Monte-Carlo samples K.
+    #[arg(long, default_value_t = 5000)]
+    pub samples: usize,
+    /// Seed of the Monte-Carlo draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data scale seen by the denoiser: unit ([0,1], official) or symmetric ([-1,1]).
+    #[arg(long, default_value = "unit")]
+    pub scale: String,
+    /// Smallest t drawn (official 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub t_min: f64,
+    /// Grid points of the SNR dynamic programme.
+    #[arg(long, default_value_t = 1000)]
+    pub grid: usize,
+    /// Output split file (JSON, referenced by training configs as stages.split).
+    #[arg(long, default_value = "split.json")]
+    pub out: PathBuf,
+    /// Plot of S0(t), S1(t), their running means, alpha and the cuts (optimal only).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
+    let method: Method = a.method.parse()?;
+    let vp = ProcessConfig::default();
+    let process = vp.build()?;
+    let began = Instant::now();
+    let split = match method {
+        Method::Uniform => Split::from_t(method, cluster::uniform_cuts(a.stages)?, &vp)?,
+        Method::Snr => {
+            let mut s = Split::from_t(method, cluster::snr::snr_cuts(&process, a.stages, a.grid)?, &vp)?;
+            s.details = json!({"grid": a.grid, "interval_sizes": cluster::snr::size_bounds(a.grid, a.stages)});
+            s
+        }
+        Method::Optimal => {
+            let opts = OptimalOptions {
+                alpha: a.alpha,
+                eta: parse_number(&a.eta)?,
+                samples: a.samples,
+                seed: a.seed,
+                scale: a.scale.parse::<DataScale>()?,
+                t_min: a.t_min,
+            };
+            opts.validate(a.stages)?;
+            let ds = data::load(&a.data, &LoadOptions { limit: a.data_limit, ..Default::default() })?;
+            let [n, c, h, w] = ds.shape();
+            check_memory(n, c * h * w)?;
+            eprintln!("msdiff: Algorithm 1 on '{}' ({n} images of {c}x{h}x{w}), K = {}", a.data, opts.samples);
+            let bar = progress(opts.samples as u64, "cluster", g.quiet);
+            let curves = agreement_curves(&ds.images, &process, &opts, g.device()?, |k| bar.set_position(k as u64))?;
+            bar.finish_and_clear();
+            let (t1, t2) = algorithm1_cuts(&curves, opts.alpha)?;
+            let cuts = stage_cuts(&process, t1, t2, a.stages)?;
+            let mut s = Split::from_t(method, cuts, &vp)?;
+            s.details = json!({
+                "dataset": a.data, "images": n, "algorithm1_cuts": [t1, t2], "options": opts,
+                "seconds": began.elapsed().as_secs_f64(), "curves": binned(&curves, 100),
+            });
+            if let Some(p) = &a.plot {
+                plot_curves(p, &curves, &opts, &s)?;
+            }
+            s
+        }
+    };
+    split.save(&a.out)?;
+    println!("{} split, {} stages -> {}", a.method, split.stages, a.out.display());
+    println!("  t (VP):          {}", fmt(&split.boundaries_t, 4));
+    println!("  sigma (EDM):     {}", fmt(&split.boundaries_sigma, 4));
+    println!("  DDPM step:       {}", fmt(&split.boundaries_ddpm_step, 1));
+    println!("  time:            {:.1} s", began.elapsed().as_secs_f64());
+    if let Some(p) = &a.plot {
+        if method == Method::Optimal {
+            println!("  plot:            {}", p.display());
+        } else {
+            eprintln!("msdiff: --plot applies to --method optimal only; no plot written");
+        }
+    }
+    Ok(0)
+}
+
+fn fmt(v: &[f64], digits: usize) -> String {
+    v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Refuse datasets whose optimal denoiser would not fit in the available memory.
+fn check_memory(n: i64, d: i64) -> Result<()> {
+    let need = OptimalDenoiser::memory_estimate(n, d) + 64 * 1024 * 1024;
+    if let Some(avail) = available_memory() {
+        if need > avail * 8 / 10 {
+            bail!(
+                "the dataset needs about {:.1} GiB for the optimal denoiser but only {:.1} GiB are available; use --data-limit",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bin the per-sample scores by t for the JSON report.
+fn binned(c: &Curves, bins: usize) -> serde_json::Value {
+    let (mut t, mut s0, mut s1) = (vec![], vec![], vec![]);
+    for b in 0..bins {
+        let lo = b * c.t.len() / bins;
+        let hi = ((b + 1) * c.t.len() / bins).max(lo + 1).min(c.t.len());
+        if lo >= hi {
+            continue;
+        }
+        let m = |v: &[f64]| v[lo..hi].iter().sum::<f64>() / (hi - lo) as f64;
+        t.push(m(&c.t));
+        s0.push(m(&c.s0));
+        s1.push(m(&c.s1));
+    }
+    json!({"t": t, "s0": s0, "s1": s1})
+}
+
+fn plot_curves(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
+    use crate::plot::{palette, Plot};
+    let b = binned(c, 60);
+    let get = |k: &str| -> Vec<f64> { b[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default() };
+    let (t, s0, s1) = (get("t"), get("s0"), get("s1"));
+    let pts = |v: &[f64]| t.iter().cloned().zip(v.iter().cloned()).collect::<Vec<_>>();
+    let every = (c.t.len() / 400).max(1);
+    let run0: Vec<(f64, f64)> = c.t.iter().zip(&c.prefix_s0).step_by(every).map(|(a, b)| (*a, *b)).collect();
+    let run1: Vec<(f64, f64)> = c.t.iter().zip(&c.suffix_s1).step_by(every).map(|(a, b)| (*a, *b)).collect();
+    let mut p = Plot::new("optimal-denoiser agreement (Algorithm 1)", 800, 480)
+        .xlabel("t (VP-SDE)")
+        .ylabel("fraction of pixels within eta")
+        .yrange(0.0, 1.05)
+        .xrange(0.0, 1.0)
+        .series("S0 (t->0 form)", &pts(&s0), palette(0))
+        .series("S1 (t->1 form)", &pts(&s1), palette(1))
+        .series("prefix mean S0", &run0, palette(2))
+        .series("suffix mean S1", &run1, palette(3))
+        .hline(opts.alpha, &format!("alpha {}", opts.alpha), palette(4));
+    for (i, x) in s.boundaries_t.iter().enumerate() {
+        p = p.vline(*x, &format!("t{} = {x:.3}", i + 1), palette(5));
+    }
+    p.save(path)
+}

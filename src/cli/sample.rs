@@ -1,0 +1,168 @@
+//! `msdiff sample`: any sampler on a checkpoint or on a dataset's optimal denoiser.
+use super::args::{parse_seeds, progress, Global, SamplerArgs};
+use crate::data::{self, LoadOptions};
+use crate::denoiser::{Denoiser, OptimalDenoiser};
+use crate::process::{Process, ProcessConfig};
+use crate::rng::SampleStreams;
+use crate::train::network::Loaded;
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// `optimal` (the exact optimal denoiser of --data) or a checkpoint / run folder.
+    #[arg(long)]
+    pub model: String,
+    /// Dataset for --model optimal (see `msdiff --help` for specs).
+    #[arg(long, default_value = "builtin")]
+    pub data: String,
+    /// Use at most this many images of --data.
+    #[arg(long)]
+    pub data_limit: Option<usize>,
+    /// Noise process for --model optimal: vp, ddpm-linear, ddpm-scaled-linear, ddpm-cosine, edm.
+    #[arg(long, default_value = "vp")]
+    pub process: String,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Per-image seeds, e.g. 0-63 or 1,5,9 (image i uses its own noise stream).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Number of images when --seeds is not given (seeds 0..n-1).
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Images per batch (results do not depend on it).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Initial noise x_T as .npy [N, C, H, W] (standard normal, process space) to compare with other tools.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    pub raw: bool,
+    /// Output folder: samples.npy, grid.png, images/NNNNNN.png.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Skip the individual PNGs.
+    #[arg(long)]
+    pub no_images: bool,
+}
+
+enum Source {
+    Optimal(OptimalDenoiser, Tensor, Process),
+    Checkpoint(Loaded),
+}
+
+pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
+    let device = g.device()?;
+    let sampler = a.sampler.config()?;
+    ensure!(a.batch > 0, "--batch must be > 0");
+    let init = match &a.init_noise {
+        Some(p) => Some(crate::io::npy::read_npy(p).with_context(|| format!("cannot use --init-noise {}", p.display()))?),
+        None => None,
+    };
+    let seeds: Vec<u64> = match (&a.seeds, &init) {
+        (Some(s), _) => parse_seeds(s)?,
+        (None, Some(t)) => (0..t.size()[0] as u64).collect(),
+        (None, None) => {
+            ensure!(a.n > 0, "--n must be > 0");
+            (0..a.n as u64).collect()
+        }
+    };
+    // Build the denoiser.
+    let source = if a.model == "optimal" {
+        let ds = data::load(&a.data, &LoadOptions { limit: a.data_limit, ..Default::default() })?;
+        eprintln!("msdiff: optimal denoiser of '{}' ({} images of {:?})", a.data, ds.len(), ds.image_shape());
+        let process = ProcessConfig::from_name(&a.process)?.build()?;
+        Source::Optimal(OptimalDenoiser::new(&ds.images, device)?, ds.images.shallow_clone(), process)
+    } else {
+        let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?;
+        eprintln!(
+            "msdiff: checkpoint at step {} ({} weights, {} stage(s))",
+            l.step,
+            if a.raw { "raw" } else { "EMA" },
+            l.network.net.num_stages()
+        );
+        Source::Checkpoint(l)
+    };
+    let model_den;
+    let (den, process, item, train_set): (&dyn Denoiser, Process, Vec<i64>, Option<&Tensor>) = match &source {
+        Source::Optimal(o, images, p) => (o, p.clone(), o.item_shape().to_vec(), Some(images)),
+        Source::Checkpoint(l) => {
+            model_den = l.denoiser()?;
+            let m = &l.config.model;
+            let item = vec![m.in_channels as i64, m.resolution as i64, m.resolution as i64];
+            (&model_den, l.config.process.build()?, item, None)
+        }
+    };
+    sampler.validate(&process)?;
+    if let Some(t) = &init {
+        let mut want = vec![seeds.len() as i64];
+        want.extend_from_slice(&item);
+        ensure!(t.size() == want, "--init-noise has shape {:?}, expected {:?} (one x_T per image)", t.size(), want);
+    }
+    let n = seeds.len();
+    let bar = progress(n as u64, "sample", g.quiet);
+    let mut outs = Vec::new();
+    let mut nfe = 0;
+    let mut start = 0;
+    while start < n {
+        let len = a.batch.min(n - start);
+        let mut streams = SampleStreams::from_seeds(&seeds[start..start + len]);
+        let noise_cpu = streams.randn(&item, Kind::Float);
+        let noise = match &init {
+            Some(t) => t.narrow(0, start as i64, len as i64).to_kind(Kind::Float),
+            None => noise_cpu,
+        };
+        let out = crate::sampler::sample(&sampler, den, &process, &noise.to_device(device), &mut streams)?;
+        nfe = out.nfe;
+        outs.push(out.x.to_device(Device::Cpu).to_kind(Kind::Float));
+        start += len;
+        bar.set_position(start as u64);
+    }
+    bar.finish_and_clear();
+    let x = Tensor::cat(&outs, 0);
+    let finite = x.isfinite().all().int64_value(&[]) == 1;
+    if !finite {
+        bail!("the samples contain NaN or infinite values; nothing was written");
+    }
+    write_outputs(&a.out, &x, !a.no_images)?;
+    println!("wrote {n} samples ({}, {nfe} NFE each) to {}", sampler.kind.name(), a.out.display());
+    if let Some(train) = train_set {
+        let d = nearest_distance(&x, train);
+        println!("nearest training image: RMS pixel distance mean {:.2e}, max {:.2e}", d.0, d.1);
+    }
+    Ok(0)
+}
+
+/// samples.npy, grid.png and (optionally) images/NNNNNN.png, each written atomically.
+pub fn write_outputs(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
+    crate::io::atomic::ensure_dir(dir)?;
+    crate::io::npy::write_npy(&dir.join("samples.npy"), x)?;
+    let clamped = x.clamp(-1.0, 1.0);
+    let n = x.size()[0] as usize;
+    let cols = (n as f64).sqrt().ceil() as usize;
+    crate::io::image::write_grid(&dir.join("grid.png"), &clamped, cols.max(1), 2)?;
+    if images {
+        let d = dir.join("images");
+        crate::io::atomic::ensure_dir(&d)?;
+        for i in 0..n {
+            crate::io::image::write_png(&d.join(format!("{i:06}.png")), &clamped.get(i as i64))?;
+        }
+    }
+    Ok(())
+}
+
+/// Mean and max over samples of the RMS per-pixel distance to the nearest training image.
+pub fn nearest_distance(x: &Tensor, train: &Tensor) -> (f64, f64) {
+    let n = x.size()[0];
+    let xs = x.reshape([n, -1]).to_kind(Kind::Double);
+    let ys = train.reshape([train.size()[0], -1]).to_kind(Kind::Double);
+    let d2 = (xs.square().sum_dim_intlist(1, true, Kind::Double) - xs.matmul(&ys.tr()) * 2.0
+        + ys.square().sum_dim_intlist(1, false, Kind::Double).unsqueeze(0))
+    .clamp_min(0.0);
+    let dim = xs.size()[1] as f64;
+    let best = (d2.amin([1].as_slice(), false) / dim).sqrt();
+    (best.mean(Kind::Double).double_value(&[]), best.max().double_value(&[]))
+}

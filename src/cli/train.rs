@@ -1,0 +1,114 @@
+//! `msdiff train`: train from a TOML configuration, or resume a run.
+use super::args::Global;
+use crate::data::{self, Dataset, LoadOptions};
+use crate::train::checkpoint;
+use crate::train::config::DataConfig;
+use crate::train::{trainer, ResolvedConfig, TrainConfig, TrainOptions};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run configuration (TOML; see docs/CONFIG.md). Optional with --resume.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run folder (default: runs/<config name>).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Resume exactly from a checkpoint or run folder (its newest checkpoint).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Print the resolved configuration and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override train.steps (e.g. to extend a resumed run).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override train.batch.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Override train.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Do not write sample grids.
+    #[arg(long)]
+    pub no_samples: bool,
+}
+
+/// Load the dataset a `[data]` section names.
+pub fn load_data(d: &DataConfig) -> Result<Dataset> {
+    data::load(
+        &d.spec,
+        &LoadOptions {
+            limit: (d.limit > 0).then_some(d.limit),
+            resolution: d.resolution,
+            count: d.count,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
+    let (mut cfg, run_dir): (ResolvedConfig, PathBuf) = match (&a.config, &a.resume) {
+        (Some(p), _) => {
+            let tc = TrainConfig::load(p)?;
+            let ds_shape = load_data(&tc.data)?.image_shape();
+            let base = p.parent().unwrap_or(Path::new("."));
+            let cfg = tc.resolve(base, ds_shape).with_context(|| format!("in {}", p.display()))?;
+            let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+            (cfg, a.run.clone().unwrap_or_else(|| Path::new("runs").join(stem)))
+        }
+        (None, Some(r)) => {
+            let ck = checkpoint::resolve(r)?;
+            let (state, _) = checkpoint::load(&ck)?;
+            // <run>/checkpoints/step-N -> <run>
+            let run_dir = a.run.clone().unwrap_or_else(|| ck.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf());
+            (state.config, run_dir)
+        }
+        (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
+    };
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if let Some(b) = a.batch {
+        cfg.train.batch = b;
+    }
+    if let Some(s) = a.seed {
+        cfg.train.seed = s;
+    }
+    if cfg.train.steps == 0 || cfg.train.batch == 0 {
+        bail!("train.steps and train.batch must be > 0");
+    }
+    eprintln!("# resolved configuration\n{}", cfg.to_toml());
+    if a.dry_run {
+        return Ok(0);
+    }
+    let data = load_data(&cfg.data)?;
+    trainer::install_ctrlc();
+    let device = g.device()?;
+    eprintln!("msdiff: training on {device:?} with {} images; run folder {}", data.len(), run_dir.display());
+    let out = trainer::train(
+        &cfg,
+        &data,
+        &TrainOptions {
+            run_dir: run_dir.clone(),
+            resume: a.resume.clone(),
+            device,
+            progress: !g.quiet,
+            stop_after: None,
+            write_samples: !a.no_samples,
+        },
+    )?;
+    if out.interrupted {
+        println!(
+            "interrupted at step {}; checkpoint saved to {}; continue with: msdiff train --resume {}",
+            out.step,
+            out.checkpoint.display(),
+            run_dir.display()
+        );
+        return Ok(130);
+    }
+    println!("trained to step {} in {:.1} s; checkpoint {}", out.step, out.seconds, out.checkpoint.display());
+    Ok(0)
+}

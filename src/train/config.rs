@@ -1,0 +1,265 @@
+//! The run configuration (TOML). Every section and key is optional; unknown keys are rejected
+//! with their name. `msdiff train --dry-run` prints the resolved configuration, and every run
+//! saves it as `config.toml` next to its outputs.
+//!
+//! ```toml
+//! [data]            # what to train on
+//! spec = "builtin"  # builtin | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR | FILE.npy
+//! [model]           # a network preset plus any UNetConfig field to override
+//! preset = "small-multistage"
+//! [process]         # vp (default) | ddpm | edm
+//! kind = "vp"
+//! [prediction]      # eps (default for vp/ddpm) | x0 | v | edm (default for edm)
+//! [objective]       # stage policy and weights, t_min, EDM's P_mean/P_std
+//! [stages]          # split = "split.json" | boundaries_t = [..] | method = "uniform" | "snr"
+//! [optim]           # Adam/AdamW, lr, warm-up, clipping
+//! [ema]             # decay or half_life_images
+//! [train]           # batch, steps, seed, checkpoints, logging, periodic samples
+//! ```
+use super::ema::EmaConfig;
+use super::objective::ObjectiveConfig;
+use super::optim::OptimConfig;
+use crate::cluster::{self, Method, Split};
+use crate::nn::UNetConfig;
+use crate::param::Prediction;
+use crate::process::ProcessConfig;
+use crate::sampler::{SamplerConfig, SamplerKind};
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `[data]`: the training set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset spec (see `msdiff --help`). Default `builtin` (procedural shapes, no files).
+    pub spec: String,
+    /// Builtin only: image size. Default 16.
+    pub resolution: usize,
+    /// Builtin only: number of images. Default 10000.
+    pub count: usize,
+    /// Use at most this many images (0 = all). Default 0.
+    pub limit: usize,
+    /// Random horizontal flips. Default false (digits and shapes are not flip-symmetric).
+    pub flip: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { spec: "builtin".into(), resolution: 16, count: 10_000, limit: 0, flip: false }
+    }
+}
+
+/// `[stages]`: where the stage boundaries come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagesConfig {
+    /// A split file written by `msdiff cluster` (relative paths are relative to the config file).
+    pub split: Option<PathBuf>,
+    /// Explicit cuts in t of the VP-SDE (beta 0.1..20), increasing, in (0, 1).
+    pub boundaries_t: Option<Vec<f64>>,
+    /// Compute the cuts at start: `uniform` or `snr` (use `msdiff cluster` for `optimal`).
+    pub method: Option<Method>,
+}
+
+/// `[train]`: the loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoopConfig {
+    /// Images per step. Default 64.
+    pub batch: usize,
+    /// Total optimiser steps. Default 2000.
+    pub steps: u64,
+    /// Seed of every random choice (data order, stages, noise, dropout). Default 0.
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (and at the end). Default 500.
+    pub checkpoint_every: u64,
+    /// Keep this many most recent checkpoints. Default 3.
+    pub keep_last: usize,
+    /// Write a JSONL metrics line every this many steps. Default 10.
+    pub log_every: u64,
+    /// Write a PNG grid of EMA samples every this many steps (0 = only at the end). Default 0.
+    pub sample_every: u64,
+    /// Images in each sample grid. Default 36.
+    pub sample_count: usize,
+    /// Sampler for the grids. Default DPM-Solver-3, 20 NFE (the paper's VP sampler); Heun 18
+    /// steps for EDM.
+    pub sampler: Option<SamplerConfig>,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            batch: 64,
+            steps: 2000,
+            seed: 0,
+            checkpoint_every: 500,
+            keep_last: 3,
+            log_every: 10,
+            sample_every: 0,
+            sample_count: 36,
+            sampler: None,
+        }
+    }
+}
+
+/// The configuration as written by the user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    /// A preset name (`preset = ...`) and/or UNetConfig fields.
+    pub model: toml::Table,
+    pub process: ProcessConfig,
+    pub prediction: Option<Prediction>,
+    pub objective: ObjectiveConfig,
+    pub stages: StagesConfig,
+    pub optim: OptimConfig,
+    pub ema: EmaConfig,
+    pub train: LoopConfig,
+}
+
+/// Everything resolved: the full network layout, the split, the prediction and the sampler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedConfig {
+    pub data: DataConfig,
+    pub model: UNetConfig,
+    pub process: ProcessConfig,
+    pub prediction: Prediction,
+    pub objective: ObjectiveConfig,
+    /// Stage cuts (empty for a one-decoder model).
+    pub split: Option<Split>,
+    pub optim: OptimConfig,
+    pub ema: EmaConfig,
+    pub train: LoopConfig,
+}
+
+impl TrainConfig {
+    /// Parse TOML text (unknown keys are errors naming the key).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration {origin}: {}", e.to_string().trim()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Resolve presets and the split. `base_dir` anchors relative split paths; `image_shape` is
+    /// the dataset's `[C, H, W]`.
+    pub fn resolve(&self, base_dir: &Path, image_shape: [i64; 3]) -> Result<ResolvedConfig> {
+        let model = resolve_model(&self.model, image_shape)?;
+        let process = self.process.build()?;
+        let prediction = self.prediction.unwrap_or(match process {
+            crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::param::default_sigma_data() },
+            _ => Prediction::Eps,
+        });
+        let stages = model.num_stages();
+        let split = resolve_split(&self.stages, base_dir, stages)?;
+        self.optim.validate()?;
+        self.ema.validate()?;
+        let t = &self.train;
+        ensure!(t.batch > 0, "train.batch must be > 0");
+        ensure!(t.steps > 0, "train.steps must be > 0");
+        ensure!(t.checkpoint_every > 0, "train.checkpoint_every must be > 0");
+        ensure!(t.keep_last > 0, "train.keep_last must be > 0");
+        ensure!(t.log_every > 0, "train.log_every must be > 0");
+        ensure!(t.sample_count > 0, "train.sample_count must be > 0");
+        let mut train = t.clone();
+        if train.sampler.is_none() {
+            train.sampler = Some(match process {
+                crate::process::Process::Edm(_) => SamplerConfig::new(SamplerKind::Heun, 18),
+                _ => SamplerConfig::new(SamplerKind::DpmSolver3, 20),
+            });
+        }
+        train.sampler.as_ref().unwrap().validate(&process)?;
+        let r = ResolvedConfig {
+            data: self.data.clone(),
+            model,
+            process: self.process.clone(),
+            prediction,
+            objective: self.objective.clone(),
+            split,
+            optim: self.optim.clone(),
+            ema: self.ema.clone(),
+            train,
+        };
+        // Stage sampler construction validates boundaries against the process's range.
+        super::objective::StageSampler::new(&process, &r.objective, &r.boundaries_sigma())?;
+        Ok(r)
+    }
+}
+
+impl ResolvedConfig {
+    pub fn boundaries_sigma(&self) -> Vec<f64> {
+        self.split.as_ref().map(|s| s.boundaries_sigma.clone()).unwrap_or_default()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration as TOML: {e}\n"))
+    }
+}
+
+/// A `[model]` table -> full layout: preset first, then overrides; `in_channels` and
+/// `resolution` follow the dataset unless set explicitly (then they must agree).
+pub fn resolve_model(table: &toml::Table, image_shape: [i64; 3]) -> Result<UNetConfig> {
+    let mut t = table.clone();
+    let base = match t.remove("preset") {
+        Some(toml::Value::String(p)) => UNetConfig::preset(&p)?,
+        Some(other) => bail!("model.preset must be a string, got {other}"),
+        None => UNetConfig::default(),
+    };
+    let mut merged = toml::Table::try_from(&base).context("cannot serialise the preset")?;
+    let explicit_c = t.contains_key("in_channels");
+    let explicit_r = t.contains_key("resolution");
+    for (k, v) in t {
+        merged.insert(k, v);
+    }
+    let mut cfg: UNetConfig = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [model] section: {}", e.message().trim()))?;
+    let (c, h, w) = (image_shape[0] as usize, image_shape[1] as usize, image_shape[2] as usize);
+    ensure!(h == w, "images must be square for this U-Net (got {h}x{w})");
+    if explicit_c {
+        ensure!(cfg.in_channels == c, "model.in_channels = {} but the dataset has {c} channel(s)", cfg.in_channels);
+    }
+    if explicit_r {
+        ensure!(cfg.resolution == h, "model.resolution = {} but the dataset's images are {h}x{h}", cfg.resolution);
+    }
+    cfg.in_channels = c;
+    cfg.resolution = h;
+    cfg.validate().context("invalid [model] section")?;
+    Ok(cfg)
+}
+
+fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Option<Split>> {
+    let set = [s.split.is_some(), s.boundaries_t.is_some(), s.method.is_some()].iter().filter(|b| **b).count();
+    ensure!(set <= 1, "set only one of stages.split, stages.boundaries_t and stages.method");
+    if stages == 1 {
+        ensure!(set == 0, "a one-decoder (unified) model takes no [stages] boundaries");
+        return Ok(None);
+    }
+    let vp = ProcessConfig::default();
+    let split = if let Some(p) = &s.split {
+        let path = if p.is_absolute() { p.clone() } else { base_dir.join(p) };
+        Split::load(&path)?
+    } else if let Some(b) = &s.boundaries_t {
+        Split::from_t(Method::Uniform, b.clone(), &vp).map(|mut sp| {
+            sp.details = serde_json::json!({"source": "explicit boundaries_t"});
+            sp
+        })?
+    } else {
+        match s.method.unwrap_or(Method::Uniform) {
+            Method::Uniform => Split::from_t(Method::Uniform, cluster::uniform_cuts(stages)?, &vp)?,
+            Method::Snr => Split::from_t(Method::Snr, cluster::snr::snr_cuts(&vp.build()?, stages, 1000)?, &vp)?,
+            Method::Optimal => bail!("stages.method = \"optimal\" needs the dataset's clustering: run `msdiff cluster` and set stages.split"),
+        }
+    };
+    ensure!(
+        split.stages == stages,
+        "the split has {} stages but the model has {stages} decoders (model.decoder_channels)",
+        split.stages
+    );
+    Ok(Some(split))
+}
