@@ -1,0 +1,283 @@
+//! Tests of the FID module: the network against the reference fixtures, the resize, the
+//! statistics and the Frechet distance against closed forms.
+use super::inception::tf1_bilinear_matrix;
+use super::*;
+use tch::{Device, Kind, Tensor};
+
+fn weights_path() -> std::path::PathBuf {
+    match std::env::var_os("MSDIFF_FID_WEIGHTS") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_WEIGHTS),
+    }
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    weights_path().parent().unwrap().join("fixtures").join(name)
+}
+
+/// The network, or `None` (test skipped, loudly) when the shared weights are not present.
+fn net() -> Option<FidInception> {
+    let p = weights_path();
+    if !p.is_file() {
+        eprintln!("SKIPPED: FID weights not found at {} (set MSDIFF_FID_WEIGHTS)", p.display());
+        return None;
+    }
+    Some(FidInception::load(&p, Device::Cpu).unwrap())
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+#[test]
+fn fid_features_match_reference_fixture() {
+    let Some(net) = net() else { return };
+    let inputs = Tensor::read_npy(fixture("inputs_u8.npy")).unwrap();
+    let golden = Tensor::read_npy(fixture("features_f32.npy")).unwrap().to_kind(Kind::Double);
+    assert_eq!(inputs.size(), [4, 3, 299, 299]);
+    assert_eq!(inputs.kind(), Kind::Uint8);
+    let feats = net.features_u8(&inputs).unwrap();
+    assert_eq!(feats.size(), [4, 2048]);
+    assert_eq!(feats.kind(), Kind::Float);
+    let f = feats.to_kind(Kind::Double);
+    let err = max_abs(&(&f - &golden));
+    let rel = err / max_abs(&golden);
+    let cos = (&f * &golden).sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+        / (f.norm_scalaropt_dim(2, [1i64].as_slice(), false) * golden.norm_scalaropt_dim(2, [1i64].as_slice(), false));
+    let min_cos = cos.min().double_value(&[]);
+    let row_rel = (&f - &golden).norm_scalaropt_dim(2, [1i64].as_slice(), false)
+        / golden.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+    let max_row_rel = row_rel.max().double_value(&[]);
+    eprintln!(
+        "fixture: max|a-b| = {err:.3e}, max|a-b|/max|b| = {rel:.3e}, max_row ||a-b||/||b|| = {max_row_rel:.3e}, \
+         min_row cos = {min_cos:.9}, max|b| = {:.4}",
+        max_abs(&golden)
+    );
+    assert!(rel < 1e-4, "relative error {rel}");
+    assert!(max_row_rel < 1e-4, "row relative error {max_row_rel}");
+    assert!(1.0 - min_cos < 1e-7, "cosine {min_cos}");
+
+    // Batching does not change the features (beyond float reassociation).
+    let f1 = features(&net, &inputs, 1, |_| {}).unwrap();
+    let d = max_abs(&(&f1 - &feats)) / max_abs(&feats);
+    eprintln!("batch 1 vs batch 4: max rel diff {d:.3e}");
+    assert!(d < 1e-5, "batch 1 vs 4 differ by {d}");
+
+    // Float input in [0, 255] == u8 input; [-1, 1] input == u8 input (quantisation is exact).
+    let ff = net.features_u8(&inputs.to_kind(Kind::Float)).unwrap();
+    assert!(max_abs(&(&ff - &feats)) == 0.0);
+    let pm1 = inputs.to_kind(Kind::Float) / 127.5 - 1.0;
+    let fp = net.features_pm1(&pm1).unwrap();
+    assert!(max_abs(&(&fp - &feats)) == 0.0);
+
+    // Grey images are replicated to RGB.
+    let grey = inputs.narrow(1, 0, 1);
+    let fg = net.features_u8(&grey).unwrap();
+    let fr = net.features_u8(&grey.expand([-1, 3, -1, -1], false).contiguous()).unwrap();
+    assert!(max_abs(&(&fg - &fr)) == 0.0);
+
+    // Out-of-range input is refused.
+    let e = net.features_u8(&(inputs.to_kind(Kind::Float) / 255.0 - 0.5)).unwrap_err().to_string();
+    assert!(e.contains("[0, 255]"), "{e}");
+
+    let gf = net.flops_per_image() / 1e9;
+    eprintln!("GFLOP per image (2 x conv MACs): {gf:.4}");
+    assert!((11.0..12.0).contains(&gf), "{gf}");
+}
+
+#[test]
+fn fid_weights_errors_are_clear() {
+    let dir = std::env::temp_dir().join(format!("msdiff-fid-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = FidInception::load(dir.join("nope.safetensors"), Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not found") && e.contains("README") && e.contains("--weights"), "{e}");
+
+    let wrong = dir.join("wrong.safetensors");
+    let t = Tensor::zeros([32, 3, 3, 4], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("conv.weight", &t)], &wrong).unwrap();
+    let e = FidInception::load(&wrong, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not the FID Inception weights file") && e.contains("conv.weight") && e.contains("shape"), "{e}");
+
+    let t = Tensor::zeros([32, 3, 3, 3], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("conv.weight", &t)], &wrong).unwrap();
+    let e = FidInception::load(&wrong, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not the FID Inception weights file") && e.contains("conv.beta missing"), "{e}");
+
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"hello world, definitely not safetensors").unwrap();
+    let e = FidInception::load(&garbage, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not a readable safetensors file"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// TF1 legacy resize reference, straight from its definition (one pixel at a time).
+fn tf1_resize_scalar(img: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let (sy, sx) = (h as f32 / oh as f32, w as f32 / ow as f32);
+    let mut out = vec![0f32; oh * ow];
+    for y in 0..oh {
+        let fy = y as f32 * sy;
+        let (y0, dy) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(h - 1);
+        for x in 0..ow {
+            let fx = x as f32 * sx;
+            let (x0, dx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(w - 1);
+            let p = |yy: usize, xx: usize| img[yy * w + xx];
+            let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * dx;
+            let bot = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * dx;
+            out[y * ow + x] = top + (bot - top) * dy;
+        }
+    }
+    out
+}
+
+#[test]
+fn fid_resize_is_tf1_bilinear() {
+    // Upsampling 3 -> 6: source = i * 0.5; the last row clamps to the edge (TF1's asymmetry).
+    let m = Vec::<f32>::try_from(&tf1_bilinear_matrix(3, 6).view([-1])).unwrap();
+    let want = [1., 0., 0., 0.5, 0.5, 0., 0., 1., 0., 0., 0.5, 0.5, 0., 0., 1., 0., 0., 1.];
+    assert_eq!(m, want);
+    // Downsampling 4 -> 2 picks pixels 0 and 2 (no antialias).
+    let m = Vec::<f32>::try_from(&tf1_bilinear_matrix(4, 2).view([-1])).unwrap();
+    assert_eq!(m, [1., 0., 0., 0., 0., 0., 1., 0.]);
+    // 299 -> 299 is the identity.
+    let m = tf1_bilinear_matrix(299, 299);
+    assert!(max_abs(&(m - Tensor::eye(299, (Kind::Float, Device::Cpu)))) == 0.0);
+    // Random images, several sizes, against the pixel-by-pixel definition.
+    tch::manual_seed(1);
+    for &(h, w, oh, ow) in &[(5usize, 7usize, 11usize, 13usize), (28, 28, 299, 299), (64, 40, 299, 299), (512, 300, 299, 299)] {
+        let x = Tensor::rand([2, 3, h as i64, w as i64], (Kind::Float, Device::Cpu)) * 255.0;
+        let y = resize_tf1_bilinear(&x, oh as i64, ow as i64);
+        assert_eq!(y.size(), [2, 3, oh as i64, ow as i64]);
+        let img = Vec::<f32>::try_from(&x.get(1).get(2).contiguous().view([-1])).unwrap();
+        let want = Tensor::from_slice(&tf1_resize_scalar(&img, h, w, oh, ow)).view([oh as i64, ow as i64]);
+        let err = max_abs(&(y.get(1).get(2) - want));
+        assert!(err < 1e-3, "{h}x{w} -> {oh}x{ow}: {err}");
+    }
+}
+
+fn f64t(v: &[f64]) -> Tensor {
+    Tensor::from_slice(v)
+}
+
+fn stats(mu: &Tensor, sigma: &Tensor, n: u64) -> FidStats {
+    FidStats::new(mu, sigma, n, NETWORK_NAME, RESIZE_NAME).unwrap()
+}
+
+fn opts() -> (Kind, Device) {
+    (Kind::Double, Device::Cpu)
+}
+
+#[test]
+fn fid_frechet_diagonal_and_commuting_closed_forms() {
+    tch::manual_seed(2);
+    let d = 64;
+    let mu_a = Tensor::randn([d], opts());
+    let mu_b = Tensor::randn([d], opts()) * 0.5 + 1.0;
+    let a = Tensor::rand([d], opts()) * 3.0 + 0.01;
+    let b = Tensor::rand([d], opts()) * 3.0 + 0.01;
+    let dmu = (&mu_a - &mu_b).square().sum(Kind::Double).double_value(&[]);
+    let want = dmu + (a.sqrt() - b.sqrt()).square().sum(Kind::Double).double_value(&[]);
+    // Diagonal.
+    let fid = frechet_distance(&stats(&mu_a, &a.diag(0), 10_000), &stats(&mu_b, &b.diag(0), 10_000)).unwrap();
+    eprintln!("diagonal: fid {fid:.12} closed form {want:.12}");
+    assert!((fid - want).abs() < 1e-10 * want, "{fid} vs {want}");
+    // Commuting: same random eigenbasis.
+    let (q, _) = Tensor::linalg_qr(&Tensor::randn([d, d], opts()), "reduced");
+    let sa = (&q * a.unsqueeze(0)).matmul(&q.tr());
+    let sb = (&q * b.unsqueeze(0)).matmul(&q.tr());
+    let (sa_, sb_) = (stats(&mu_a, &sa, 10_000), stats(&mu_b, &sb, 10_000));
+    let fid = frechet_distance(&sa_, &sb_).unwrap();
+    eprintln!("commuting: fid {fid:.12} closed form {want:.12}");
+    assert!((fid - want).abs() < 1e-9 * want, "{fid} vs {want}");
+    // Symmetry.
+    let fid_ba = frechet_distance(&sb_, &sa_).unwrap();
+    assert!((fid - fid_ba).abs() < 1e-9 * want, "{fid} vs {fid_ba}");
+}
+
+#[test]
+fn fid_frechet_2x2_noncommuting_identical_and_symmetric() {
+    // 2x2 closed form: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)), M = sqrt(S_a) S_b sqrt(S_a),
+    // tr M = tr(S_a S_b), det M = det S_a det S_b.
+    let sa = f64t(&[2.0, 0.7, 0.7, 1.0]).view([2, 2]);
+    let sb = f64t(&[0.5, -0.3, -0.3, 3.0]).view([2, 2]);
+    let (mu_a, mu_b) = (f64t(&[0.1, -0.2]), f64t(&[1.0, 0.5]));
+    let tr_ab = sa.matmul(&sb).trace().double_value(&[]);
+    let det: f64 = (2.0 * 1.0 - 0.49) * (0.5 * 3.0 - 0.09);
+    let want = 0.9f64.powi(2) + 0.7f64.powi(2) + 3.0 + 3.5 - 2.0 * (tr_ab + 2.0 * det.sqrt()).sqrt();
+    let r = frechet_distance_report(&stats(&mu_a, &sa, 100), &stats(&mu_b, &sb, 100)).unwrap();
+    eprintln!("2x2: fid {:.15} closed form {want:.15}", r.fid);
+    assert!((r.fid - want).abs() < 1e-12, "{} vs {want}", r.fid);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+
+    // Covariances of 512-d data with n > d and n < d (rank deficient).
+    tch::manual_seed(3);
+    let d = 512;
+    for &n in &[800i64, 200] {
+        let x = Tensor::randn([n, d], opts()).matmul(&(Tensor::randn([d, d], opts()) * 0.05)) + 0.3;
+        let y = Tensor::randn([n, d], opts()).square() * 0.5;
+        let (sx, sy) = (stats_of_features(&x).unwrap(), stats_of_features(&y).unwrap());
+        let scale = sx.sigma.trace().double_value(&[]) + sy.sigma.trace().double_value(&[]);
+        let same = frechet_distance_report(&sx, &sx.clone()).unwrap();
+        let raw = same.mean_term + same.cov_term; // before clamping at 0
+        eprintln!("n={n}: FID(x,x) = {raw:.3e} (scale {scale:.3e}), min rel eig {:.3e}", same.min_rel_eig);
+        let tol = 1e-8;
+        assert!(raw.abs() <= tol * scale, "FID(x, x) = {raw} (scale {scale})");
+        let xy = frechet_distance(&sx, &sy).unwrap();
+        let yx = frechet_distance(&sy, &sx).unwrap();
+        eprintln!("n={n}: FID(x,y) = {xy:.9}, FID(y,x) = {yx:.9}");
+        assert!((xy - yx).abs() <= 1e-6 * xy.max(1.0), "{xy} vs {yx}");
+        let rank_warned = same.warnings.iter().any(|w| w.contains("samples for full rank"));
+        assert_eq!(rank_warned, n < d + 1, "{:?}", same.warnings);
+    }
+}
+
+#[test]
+fn fid_streaming_stats_match_two_pass_and_roundtrip() {
+    tch::manual_seed(4);
+    let (n, d) = (1000i64, 16i64);
+    // A large common offset: naive sum / sum-of-squares would lose digits, the merge does not.
+    let x = Tensor::randn([n, d], opts()).matmul(&Tensor::randn([d, d], opts())) + 1e6;
+    let mu = x.mean_dim([0i64].as_slice(), false, Kind::Double);
+    let xc = &x - &mu;
+    let cov = xc.tr().matmul(&xc) / (n - 1) as f64;
+    let mut acc = StatsAccumulator::new();
+    for (s, l) in [(0, 1), (1, 7), (8, 300), (308, 0), (308, 692)] {
+        acc.update(&x.narrow(0, s, l).to_kind(Kind::Double)).unwrap();
+    }
+    assert_eq!(acc.count(), 1000);
+    let st = acc.finish(NETWORK_NAME, RESIZE_NAME).unwrap();
+    let e_mu = max_abs(&(&st.mu - &mu));
+    let e_cov = max_abs(&(&st.sigma - &cov)) / max_abs(&cov);
+    eprintln!("streaming vs two-pass: mu {e_mu:.3e}, cov rel {e_cov:.3e}");
+    assert!(e_mu < 1e-8 && e_cov < 1e-9);
+
+    let dir = std::env::temp_dir().join(format!("msdiff-fidstats-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("s.safetensors");
+    st.save(&p).unwrap();
+    let back = FidStats::load(&p).unwrap();
+    assert_eq!(back.n, 1000);
+    assert_eq!(back.resize, RESIZE_NAME);
+    assert_eq!(back.network, NETWORK_NAME);
+    assert!(max_abs(&(&back.mu - &st.mu)) == 0.0 && max_abs(&(&back.sigma - &st.sigma)) == 0.0);
+    assert!(frechet_distance(&back, &st).unwrap().abs() < 1e-6);
+
+    // Not a stats file: a safetensors file without the metadata, and garbage.
+    let other = dir.join("o.safetensors");
+    Tensor::write_safetensors(&[("mu", &mu)], &other).unwrap();
+    let e = FidStats::load(&other).unwrap_err().to_string();
+    assert!(e.contains("is not an msdiff FID statistics file") && e.contains("format"), "{e}");
+    std::fs::write(&other, b"\x05\0\0\0\0\0\0\0{}").unwrap();
+    let e = FidStats::load(&other).unwrap_err().to_string();
+    assert!(e.contains("is not an msdiff FID statistics file"), "{e}");
+    let e = FidStats::load(dir.join("missing")).unwrap_err().to_string();
+    assert!(e.contains("reading FID statistics"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Differences in metadata are reported.
+    let mut st2 = st.clone();
+    st2.resize = "clean-fid bicubic".into();
+    let r = frechet_distance_report(&st, &st2).unwrap();
+    assert!(r.warnings.iter().any(|w| w.contains("different resizes")), "{:?}", r.warnings);
+}

@@ -1,0 +1,480 @@
+//! The U-Net split into a shared [`Encoder`] and per-stage [`Decoder`]s, and [`MultiStageUNet`],
+//! which routes every sample to its stage's decoder (or, for the separate baseline, to its stage's
+//! whole network).
+//!
+//! Variable names (VarStore paths):
+//! - multistage / unified: `embed.*`, `encoder.*`, `decoder.{j}.*`;
+//! - separate: `embed.{j}.*`, `encoder.{j}.*`, `decoder.{j}.*`.
+//!
+//! A stage's decoder is always under `decoder.{j}.`.
+
+use anyhow::{ensure, Context, Result};
+use tch::nn::Path;
+use tch::{Device, Kind, Tensor};
+
+use super::blocks::{AttnBlock, AttnBlockConfig, ResBlock, ResBlockConfig, Updown};
+use super::config::{Architecture, DecoderAttn, ResampleWith, UNetConfig};
+use super::embedding::{TimeEmbedding, TimeEmbeddingConfig};
+use super::layers::{add_skip, Conv2d, Conv2dConfig, ConvDown, ConvUp, GroupNorm, GroupNormConfig, Params};
+
+fn res_cfg(cfg: &UNetConfig, i: usize, o: usize, updown: Updown) -> ResBlockConfig {
+    ResBlockConfig {
+        in_channels: i,
+        out_channels: o,
+        temb_dim: cfg.temb_dim(),
+        updown,
+        resample: cfg.resample,
+        dropout: cfg.dropout,
+        skip_rescale: cfg.skip_rescale,
+        groups_in: cfg.groups(i),
+        groups_out: cfg.groups(o),
+        norm_eps: cfg.norm_eps,
+        init_scale: cfg.init_scale,
+    }
+}
+
+fn attn(p: &Path, cfg: &UNetConfig, c: usize) -> AttnBlock {
+    AttnBlock::new(
+        p,
+        AttnBlockConfig {
+            channels: c,
+            groups: cfg.groups(c),
+            norm_eps: cfg.norm_eps,
+            skip_rescale: cfg.skip_rescale,
+            init_scale: cfg.init_scale,
+        },
+    )
+}
+
+/// Down step between levels.
+#[derive(Debug)]
+enum DownStep {
+    Res(ResBlock),
+    Conv(ConvDown),
+}
+
+/// Up step between levels.
+#[derive(Debug)]
+enum UpStep {
+    Res(ResBlock),
+    Conv(ConvUp),
+}
+
+impl Params for DownStep {
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        match self {
+            DownStep::Res(b) => b.collect(out),
+            DownStep::Conv(c) => c.collect(out),
+        }
+    }
+}
+
+impl Params for UpStep {
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        match self {
+            UpStep::Res(b) => b.collect(out),
+            UpStep::Conv(c) => c.collect(out),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct EncLevel {
+    blocks: Vec<ResBlock>,
+    attns: Vec<AttnBlock>,
+    down: Option<DownStep>,
+    pyramid: Option<ConvDown>,
+}
+
+/// Shared encoder: input conv, all down levels, the middle (res, attn, res).
+///
+/// `x: [B, C, R, R]`, `temb: [B, 4 base]` -> `h: [B, base*mult[-1], R/2^(L-1), ...]` and the skip
+/// activations (`cfg.skip_channels()` widths, push order; `1 + L*num_res_blocks + (L-1)` of them).
+/// Variables: `conv_in`, `level.{i}.block.{b}`, `level.{i}.attn.{b}`, `level.{i}.down`,
+/// `level.{i}.pyramid`, `mid.block0`, `mid.attn`, `mid.block1`.
+#[derive(Debug)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    levels: Vec<EncLevel>,
+    mid0: ResBlock,
+    mid_attn: AttnBlock,
+    mid1: ResBlock,
+    cfg: UNetConfig,
+}
+
+impl Encoder {
+    pub fn new(p: &Path, cfg: &UNetConfig) -> Self {
+        let e = cfg.base_channels;
+        let conv_in = Conv2d::new(&(p / "conv_in"), Conv2dConfig::same(cfg.in_channels, e, 3));
+        let mut c = e;
+        let mut pyr_c = cfg.in_channels;
+        let nl = cfg.num_levels();
+        let mut levels = Vec::with_capacity(nl);
+        for (i, m) in cfg.channel_mult.iter().enumerate() {
+            let lp = p / "level" / i;
+            let has_attn = cfg.attn_resolutions.contains(&cfg.level_resolution(i));
+            let mut blocks = Vec::new();
+            let mut attns = Vec::new();
+            for b in 0..cfg.num_res_blocks {
+                let o = e * m;
+                blocks.push(ResBlock::new(&(&lp / "block" / b), res_cfg(cfg, c, o, Updown::None)));
+                c = o;
+                if has_attn {
+                    attns.push(attn(&(&lp / "attn" / b), cfg, c));
+                }
+            }
+            let (down, pyramid) = if i + 1 != nl {
+                let down = match cfg.resample_with {
+                    ResampleWith::Resblock => {
+                        DownStep::Res(ResBlock::new(&(&lp / "down"), res_cfg(cfg, c, c, Updown::Down)))
+                    }
+                    ResampleWith::Conv => DownStep::Conv(ConvDown::new(&(&lp / "down"), c, c, cfg.resample)),
+                };
+                let pyramid = cfg.input_pyramid.then(|| {
+                    let pd = ConvDown::new(&(&lp / "pyramid"), pyr_c, c, cfg.resample);
+                    pyr_c = c;
+                    pd
+                });
+                (Some(down), pyramid)
+            } else {
+                (None, None)
+            };
+            levels.push(EncLevel { blocks, attns, down, pyramid });
+        }
+        let mid0 = ResBlock::new(&(p / "mid" / "block0"), res_cfg(cfg, c, c, Updown::None));
+        let mid_attn = attn(&(p / "mid" / "attn"), cfg, c);
+        let mid1 = ResBlock::new(&(p / "mid" / "block1"), res_cfg(cfg, c, c, Updown::None));
+        Self { conv_in, levels, mid0, mid_attn, mid1, cfg: cfg.clone() }
+    }
+
+    /// Returns `(h, skips)`.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> (Tensor, Vec<Tensor>) {
+        let mut hs = vec![self.conv_in.forward(x)];
+        let mut pyramid = x.shallow_clone();
+        for lvl in &self.levels {
+            for (b, block) in lvl.blocks.iter().enumerate() {
+                let mut h = block.forward(hs.last().unwrap(), temb, train);
+                if let Some(a) = lvl.attns.get(b) {
+                    h = a.forward(&h);
+                }
+                hs.push(h);
+            }
+            if let Some(down) = &lvl.down {
+                let last = hs.last().unwrap();
+                let mut h = match down {
+                    DownStep::Res(r) => r.forward(last, temb, train),
+                    DownStep::Conv(c) => c.forward(last),
+                };
+                if let Some(pd) = &lvl.pyramid {
+                    pyramid = add_skip(&pd.forward(&pyramid), &h, self.cfg.skip_rescale);
+                    h = pyramid.shallow_clone();
+                }
+                hs.push(h);
+            }
+        }
+        let h = self.mid0.forward(hs.last().unwrap(), temb, train);
+        let h = self.mid_attn.forward(&h);
+        let h = self.mid1.forward(&h, temb, train);
+        (h, hs)
+    }
+}
+
+impl Params for Encoder {
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        self.conv_in.collect(out);
+        for l in &self.levels {
+            l.blocks.collect(out);
+            l.attns.collect(out);
+            l.down.collect(out);
+            l.pyramid.collect(out);
+        }
+        self.mid0.collect(out);
+        self.mid_attn.collect(out);
+        self.mid1.collect(out);
+    }
+}
+
+#[derive(Debug)]
+struct DecLevel {
+    blocks: Vec<ResBlock>,
+    attns: Vec<AttnBlock>,
+    /// Attention after every block (else at most one after the level's blocks).
+    attn_per_block: bool,
+    up: Option<UpStep>,
+}
+
+/// One stage's decoder of base width `d`: per level from the coarsest, `num_res_blocks + 1`
+/// blocks on `concat[h, skip]` -> `d * mult`, attention (once per level or after each block) at
+/// attention resolutions, an up step at each non-final level; then GN, SiLU, conv3x3 -> C.
+///
+/// `h: [B, base*mult[-1], r, r]`, the encoder's skips, `temb` -> `[B, C, R, R]`.
+/// Variables: `level.{i}.block.{b}`, `level.{i}.attn.{b}`, `level.{i}.up`, `norm_out`, `conv_out`
+/// (level indices are the encoder's: `L-1` is the coarsest).
+#[derive(Debug)]
+pub struct Decoder {
+    levels: Vec<DecLevel>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    pub fn new(p: &Path, cfg: &UNetConfig, d: usize) -> Self {
+        let mut skips = cfg.skip_channels();
+        let mut c = cfg.base_channels * cfg.channel_mult[cfg.num_levels() - 1];
+        let mut levels = Vec::new();
+        for i in (0..cfg.num_levels()).rev() {
+            let lp = p / "level" / i;
+            let has_attn = cfg.attn_resolutions.contains(&cfg.level_resolution(i));
+            let o = d * cfg.channel_mult[i];
+            let mut blocks = Vec::new();
+            let mut attns = Vec::new();
+            for b in 0..=cfg.num_res_blocks {
+                let sc = skips.pop().expect("skip count");
+                blocks.push(ResBlock::new(&(&lp / "block" / b), res_cfg(cfg, c + sc, o, Updown::None)));
+                c = o;
+                if has_attn && cfg.decoder_attn == DecoderAttn::Block {
+                    attns.push(attn(&(&lp / "attn" / b), cfg, c));
+                }
+            }
+            if has_attn && cfg.decoder_attn == DecoderAttn::Level {
+                attns.push(attn(&(&lp / "attn" / 0), cfg, c));
+            }
+            let up = (i != 0).then(|| match cfg.resample_with {
+                ResampleWith::Resblock => UpStep::Res(ResBlock::new(&(&lp / "up"), res_cfg(cfg, c, c, Updown::Up))),
+                ResampleWith::Conv => UpStep::Conv(ConvUp::new(&(&lp / "up"), c, c, cfg.resample)),
+            });
+            levels.push(DecLevel { blocks, attns, attn_per_block: cfg.decoder_attn == DecoderAttn::Block, up });
+        }
+        let norm_out =
+            GroupNorm::new(&(p / "norm_out"), GroupNormConfig { channels: c, groups: cfg.groups(c), eps: cfg.norm_eps });
+        let conv_out =
+            Conv2d::new(&(p / "conv_out"), Conv2dConfig::same(c, cfg.in_channels, 3).init_scale(cfg.init_scale));
+        Self { levels, norm_out, conv_out }
+    }
+
+    /// `skips` in the encoder's push order; all are consumed.
+    pub fn forward(&self, h: &Tensor, skips: &[Tensor], temb: &Tensor, train: bool) -> Tensor {
+        let mut h = h.shallow_clone();
+        let mut k = skips.len();
+        for lvl in &self.levels {
+            let per_block = lvl.attn_per_block && !lvl.attns.is_empty();
+            for (b, block) in lvl.blocks.iter().enumerate() {
+                k -= 1;
+                h = block.forward(&Tensor::cat(&[&h, &skips[k]], 1), temb, train);
+                if per_block {
+                    h = lvl.attns[b].forward(&h);
+                }
+            }
+            if !per_block {
+                if let Some(a) = lvl.attns.first() {
+                    h = a.forward(&h);
+                }
+            }
+            match &lvl.up {
+                Some(UpStep::Res(r)) => h = r.forward(&h, temb, train),
+                Some(UpStep::Conv(c)) => h = c.forward(&h),
+                None => {}
+            }
+        }
+        debug_assert_eq!(k, 0);
+        self.conv_out.forward(&self.norm_out.forward(&h).silu())
+    }
+}
+
+impl Params for Decoder {
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        for l in &self.levels {
+            l.blocks.collect(out);
+            l.attns.collect(out);
+            l.up.collect(out);
+        }
+        self.norm_out.collect(out);
+        self.conv_out.collect(out);
+    }
+}
+
+/// Time embedding + encoder: the part shared by all stages (multistage) or owned by one (separate).
+#[derive(Debug)]
+pub struct Trunk {
+    pub embed: TimeEmbedding,
+    pub encoder: Encoder,
+}
+
+impl Trunk {
+    fn new(embed_path: &Path, enc_path: &Path, cfg: &UNetConfig) -> Self {
+        let embed = TimeEmbedding::new(
+            embed_path,
+            TimeEmbeddingConfig { embedding_dim: cfg.embed_dim(), temb_dim: cfg.temb_dim() },
+        );
+        Self { embed, encoder: Encoder::new(enc_path, cfg) }
+    }
+}
+
+impl Params for Trunk {
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        self.embed.collect(out);
+        self.encoder.collect(out);
+    }
+}
+
+/// Multi-decoder U-Net (also the unified model with one decoder, and the separate baseline).
+#[derive(Debug)]
+pub struct MultiStageUNet {
+    cfg: UNetConfig,
+    /// One trunk (multistage) or one per stage (separate).
+    trunks: Vec<Trunk>,
+    decoders: Vec<Decoder>,
+}
+
+impl MultiStageUNet {
+    /// Builds the network's variables under `vs` (see the module docs for their names).
+    pub fn new(vs: &Path, cfg: &UNetConfig) -> Result<Self> {
+        cfg.validate()?;
+        let s = cfg.num_stages();
+        let trunks = match cfg.architecture {
+            Architecture::Multistage => vec![Trunk::new(&(vs / "embed"), &(vs / "encoder"), cfg)],
+            Architecture::Separate => {
+                (0..s).map(|j| Trunk::new(&(vs / "embed" / j), &(vs / "encoder" / j), cfg)).collect()
+            }
+        };
+        let decoders = cfg
+            .decoder_channels
+            .iter()
+            .enumerate()
+            .map(|(j, &d)| Decoder::new(&(vs / "decoder" / j), cfg, d))
+            .collect();
+        Ok(Self { cfg: cfg.clone(), trunks, decoders })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.cfg
+    }
+
+    pub fn num_stages(&self) -> usize {
+        self.decoders.len()
+    }
+
+    /// Parameters of decoder `stage` (VarStore prefix `decoder.{stage}.`).
+    pub fn decoder_params(&self, stage: usize) -> Vec<Tensor> {
+        self.decoders[stage].params()
+    }
+
+    /// Time-embedding + encoder parameters: the shared trunk (multistage), or all stages' trunks
+    /// (separate).
+    pub fn encoder_params(&self) -> Vec<Tensor> {
+        self.trunks.params()
+    }
+
+    /// Parameters every stage uses (the trunk for multistage; none for separate).
+    pub fn shared_params(&self) -> Vec<Tensor> {
+        match self.cfg.architecture {
+            Architecture::Multistage => self.trunks.params(),
+            Architecture::Separate => Vec::new(),
+        }
+    }
+
+    /// Parameters used only by `stage`: its decoder, plus (separate) its own trunk.
+    pub fn stage_only_params(&self, stage: usize) -> Vec<Tensor> {
+        let mut v = Vec::new();
+        if self.cfg.architecture == Architecture::Separate {
+            self.trunks[stage].collect(&mut v);
+        }
+        self.decoders[stage].collect(&mut v);
+        v
+    }
+
+    /// Every parameter (trunks, then decoders).
+    pub fn params(&self) -> Vec<Tensor> {
+        let mut v = self.trunks.params();
+        self.decoders.collect(&mut v);
+        v
+    }
+
+    /// Copies `stage` to the host and checks it: int64 `[B]` with ids in `0..num_stages`.
+    fn stage_ids(&self, stage: &Tensor, batch: i64) -> Result<Vec<i64>> {
+        ensure!(stage.size() == [batch], "stage ids must have shape [{batch}], got {:?}", stage.size());
+        ensure!(
+            matches!(stage.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8),
+            "stage ids must be an integer tensor, got {:?}",
+            stage.kind()
+        );
+        let ids: Vec<i64> = Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu))
+            .context("reading stage ids")?;
+        let s = self.num_stages() as i64;
+        if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
+            anyhow::bail!("stage id {bad} out of range: the network has {s} stage(s)");
+        }
+        Ok(ids)
+    }
+
+    /// `x: [B, C, R, R]`, `noise_label: [B]` float (the embedding input, e.g. 999 t or
+    /// c_noise(sigma)), `stage: [B]` int stage ids -> `[B, C, R, R]`.
+    ///
+    /// Per-sample routing: the trunk (embedding + encoder) runs once on the whole batch; decoder
+    /// `j` runs on `index_select` of its samples' bottleneck, skips and embeddings, and the
+    /// results are put back with `index_copy` in the original order. A decoder with no samples is
+    /// not run, so it gets no gradient. Separate: stage `j`'s whole network runs on its samples.
+    pub fn forward(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
+        let sz = x.size();
+        ensure!(
+            sz.len() == 4
+                && sz[1] == self.cfg.in_channels as i64
+                && sz[2] == self.cfg.resolution as i64
+                && sz[3] == self.cfg.resolution as i64,
+            "input must be [B, {c}, {r}, {r}], got {sz:?}",
+            c = self.cfg.in_channels,
+            r = self.cfg.resolution
+        );
+        let b = sz[0];
+        ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
+        let ids = self.stage_ids(stage, b)?;
+        let mut groups: Vec<Vec<i64>> = vec![Vec::new(); self.num_stages()];
+        for (i, &j) in ids.iter().enumerate() {
+            groups[j as usize].push(i as i64);
+        }
+        // All samples in one stage: no gather/scatter needed.
+        if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
+            return Ok(self.forward_stage(x, noise_label, j, train));
+        }
+        let mut out = x.zeros_like();
+        match self.cfg.architecture {
+            Architecture::Multistage => {
+                let trunk = &self.trunks[0];
+                let temb = trunk.embed.forward(noise_label);
+                let (h, skips) = trunk.encoder.forward(x, &temb, train);
+                for (j, g) in groups.iter().enumerate() {
+                    if g.is_empty() {
+                        continue;
+                    }
+                    let idx = Tensor::from_slice(g).to_device(x.device());
+                    let sel = |t: &Tensor| t.index_select(0, &idx);
+                    let skips_j: Vec<Tensor> = skips.iter().map(sel).collect();
+                    let y = self.decoders[j].forward(&sel(&h), &skips_j, &sel(&temb), train);
+                    out = out.index_copy(0, &idx, &y);
+                }
+            }
+            Architecture::Separate => {
+                for (j, g) in groups.iter().enumerate() {
+                    if g.is_empty() {
+                        continue;
+                    }
+                    let idx = Tensor::from_slice(g).to_device(x.device());
+                    let y = self.forward_stage(&x.index_select(0, &idx), &noise_label.index_select(0, &idx), j, train);
+                    out = out.index_copy(0, &idx, &y);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs every sample through stage `stage` (no routing). Panics if `stage` is out of range.
+    pub fn forward_stage(&self, x: &Tensor, noise_label: &Tensor, stage: usize, train: bool) -> Tensor {
+        let trunk = match self.cfg.architecture {
+            Architecture::Multistage => &self.trunks[0],
+            Architecture::Separate => &self.trunks[stage],
+        };
+        let temb = trunk.embed.forward(noise_label);
+        let (h, skips) = trunk.encoder.forward(x, &temb, train);
+        self.decoders[stage].forward(&h, &skips, &temb, train)
+    }
+}
