@@ -5,7 +5,8 @@
 //! `0x00000801` (unsigned bytes, 1 dimension) for labels, then one big-endian `u32` per
 //! dimension, then the payload, whose length must match the dimensions exactly.
 use crate::io::image::u8_lut;
-use anyhow::{bail, Context, Result};
+use crate::io::FlatContext;
+use anyhow::{bail, Result};
 use std::io::Read;
 use std::path::Path;
 use tch::Tensor;
@@ -15,12 +16,17 @@ pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Reads a whole file, gunzipping it if it starts with the gzip magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let raw = std::fs::read(path).flat_context(|| format!("cannot read {}", path.display()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 5);
-        flate2::read::MultiGzDecoder::new(raw.as_slice()).read_to_end(&mut out).with_context(|| {
-            format!("cannot decompress {} (truncated or corrupt gzip file; download it again)", path.display())
-        })?;
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .flat_context(|| {
+                format!(
+                    "cannot decompress {} (truncated or corrupt gzip file; download it again)",
+                    path.display()
+                )
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -44,7 +50,11 @@ fn parse<'a>(bytes: &'a [u8], magic: u32, what: &Path) -> Result<(Vec<usize>, &'
     let ndim = (magic & 0xff) as usize;
     let hdr = 4 + 4 * ndim;
     if bytes.len() < 4 {
-        bail!("{}: file too short for an IDX header ({} bytes); download it again", what.display(), bytes.len());
+        bail!(
+            "{}: file too short for an IDX header ({} bytes); download it again",
+            what.display(),
+            bytes.len()
+        );
     }
     let m = be_u32(bytes, 0);
     if m != magic {
@@ -56,9 +66,15 @@ fn parse<'a>(bytes: &'a [u8], magic: u32, what: &Path) -> Result<(Vec<usize>, &'
         );
     }
     if bytes.len() < hdr {
-        bail!("{}: truncated IDX header ({} of {hdr} bytes); download it again", what.display(), bytes.len());
+        bail!(
+            "{}: truncated IDX header ({} of {hdr} bytes); download it again",
+            what.display(),
+            bytes.len()
+        );
     }
-    let dims: Vec<usize> = (0..ndim).map(|k| be_u32(bytes, 4 + 4 * k) as usize).collect();
+    let dims: Vec<usize> = (0..ndim)
+        .map(|k| be_u32(bytes, 4 + 4 * k) as usize)
+        .collect();
     let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let payload = &bytes[hdr..];
     match expected {
@@ -86,7 +102,10 @@ pub fn images_from_bytes(bytes: &[u8], what: &Path, limit: Option<usize>) -> Res
     }
     let n = limit.map_or(n, |l| l.min(n));
     let lut = u8_lut();
-    let v: Vec<f32> = payload[..n * h * w].iter().map(|&u| lut[u as usize]).collect();
+    let v: Vec<f32> = payload[..n * h * w]
+        .iter()
+        .map(|&u| lut[u as usize])
+        .collect();
     Ok(Tensor::from_slice(&v).reshape([n as i64, 1, h as i64, w as i64]))
 }
 
@@ -109,7 +128,9 @@ pub fn read_idx_labels(path: &Path, limit: Option<usize>) -> Result<Vec<i64>> {
 
 /// Whether the file looks like IDX images (magic check after optional gunzip of a prefix).
 pub fn looks_like_idx_images(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else { return false };
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
     let mut head = [0u8; 4];
     let mut r: Box<dyn Read> = Box::new(f);
     let mut magic2 = [0u8; 2];
@@ -161,7 +182,10 @@ mod tests {
         assert!(a.equal(&b));
         assert_eq!(a.double_value(&[0, 0, 0, 0]), -1.0);
         assert!(looks_like_idx_images(&pp) && looks_like_idx_images(&pg));
-        assert_eq!(read_idx_images(&pp, Some(2)).unwrap().size(), vec![2, 1, 4, 5]);
+        assert_eq!(
+            read_idx_images(&pp, Some(2)).unwrap().size(),
+            vec![2, 1, 4, 5]
+        );
 
         let labels = encode_idx(LABELS_MAGIC, &[3], &[5, 0, 4]);
         let pl = d.join("labels.gz");
@@ -170,7 +194,10 @@ mod tests {
         assert!(!looks_like_idx_images(&pl));
         // Labels read as images (and vice versa) name the mix-up.
         let err = format!("{:#}", read_idx_images(&pl, None).unwrap_err());
-        assert!(err.contains("label file") && err.contains("labels.gz"), "{err}");
+        assert!(
+            err.contains("label file") && err.contains("labels.gz"),
+            "{err}"
+        );
 
         // Truncations of the plain and gzip files, and trailing junk, give errors.
         for cut in [0, 3, 10, plain.len() - 1] {
@@ -188,7 +215,10 @@ mod tests {
         long.push(0);
         std::fs::write(&pp, &long).unwrap();
         assert!(format!("{:#}", read_idx_images(&pp, None).unwrap_err()).contains("trailing"));
-        let err = format!("{:#}", read_idx_images(&d.join("missing"), None).unwrap_err());
+        let err = format!(
+            "{:#}",
+            read_idx_images(&d.join("missing"), None).unwrap_err()
+        );
         assert!(err.contains("missing"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }

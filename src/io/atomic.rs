@@ -5,7 +5,8 @@
 //! the final `rename` is atomic on POSIX); `n` is a per-process counter so that threads writing
 //! the same target do not share a temporary. On any error (including a full disk, which shows up
 //! as `ENOSPC` on write, flush or fsync) the temporary is removed and the error names the target.
-use anyhow::{anyhow, bail, Context, Result};
+use super::FlatContext;
+use anyhow::{anyhow, bail, Result};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,9 +21,12 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if dir.exists() {
-        bail!("cannot create folder {}: a file with that name exists", dir.display());
+        bail!(
+            "cannot create folder {}: a file with that name exists",
+            dir.display()
+        );
     }
-    fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))
+    fs::create_dir_all(dir).flat_context(|| format!("cannot create folder {}", dir.display()))
 }
 
 /// Creates the parent folder of `path` (and its parents) if missing.
@@ -38,7 +42,12 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
         .file_name()
         .ok_or_else(|| anyhow!("cannot write {}: the path has no file name", path.display()))?;
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_name = format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), n);
+    let tmp_name = format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        n
+    );
     Ok(path.with_file_name(tmp_name))
 }
 
@@ -56,7 +65,7 @@ where
     let tmp = temp_path(path)?;
     let result = (|| -> Result<()> {
         let file = File::create(&tmp)
-            .with_context(|| format!("cannot create temporary file {}", tmp.display()))?;
+            .flat_context(|| format!("cannot create temporary file {}", tmp.display()))?;
         let mut w = BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| anyhow!("{}", e.error()))?;
@@ -69,7 +78,11 @@ where
         Ok(()) => {
             // Make the rename durable too (best effort: not every file system supports this).
             if let Some(parent) = path.parent() {
-                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 if let Ok(d) = File::open(parent) {
                     let _ = d.sync_all();
                 }
@@ -78,7 +91,7 @@ where
         }
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            Err(e.context(format!("cannot write {}", path.display())))
+            Err(anyhow!("cannot write {}: {e:#}", path.display()))
         }
     }
 }
@@ -128,7 +141,11 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("f.bin") && msg.contains("simulated"), "{msg}");
         assert_eq!(fs::read(&p).unwrap(), b"old");
-        assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "temporary file left behind");
+        assert_eq!(
+            fs::read_dir(&d).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
         // A parent that is a file -> clear error.
         let err = write_atomic_bytes(&p.join("x"), b"z").unwrap_err();
         assert!(format!("{err:#}").contains("f.bin"), "{err:#}");

@@ -6,7 +6,8 @@
 //! - from 8 bits: `x = u / 127.5 - 1`, so every `u8` survives a write/read round trip exactly.
 //! - from 16 bits (PNG): `x = u / 65535 * 2 - 1`.
 use super::atomic::write_atomic;
-use anyhow::{anyhow, bail, Context, Result};
+use super::FlatContext;
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -117,7 +118,7 @@ pub fn write_png(path: &Path, img: &Tensor) -> Result<()> {
         let planar = tensor_to_u8_vec(img)?;
         encode_png(w, h, c, &interleave(c, h, w, &planar))
     };
-    let bytes = run().with_context(|| format!("cannot write {}", path.display()))?;
+    let bytes = run().flat_context(|| format!("cannot write {}", path.display()))?;
     write_atomic(path, |f| Ok(f.write_all(&bytes)?))
 }
 
@@ -127,7 +128,11 @@ pub const GRID_PAD_VALUE: u8 = 128;
 /// Tiles `imgs` `[N, C, H, W]` row-major into a grid of `ncols` columns (rows as needed) with
 /// `padding` pixels of [`GRID_PAD_VALUE`] around and between cells; empty trailing cells are
 /// padding colour. Returns (width, height, channels, interleaved bytes).
-pub fn grid_pixels(imgs: &Tensor, ncols: usize, padding: usize) -> Result<(usize, usize, usize, Vec<u8>)> {
+pub fn grid_pixels(
+    imgs: &Tensor,
+    ncols: usize,
+    padding: usize,
+) -> Result<(usize, usize, usize, Vec<u8>)> {
     let s = imgs.size();
     if s.len() != 4 {
         bail!("a grid needs [N, C, H, W] images, got shape {s:?}");
@@ -166,7 +171,7 @@ pub fn write_grid(path: &Path, imgs: &Tensor, ncols: usize, padding: usize) -> R
         let (gw, gh, c, px) = grid_pixels(imgs, ncols, padding)?;
         encode_png(gw, gh, c, &px)
     };
-    let bytes = run().with_context(|| format!("cannot write {}", path.display()))?;
+    let bytes = run().flat_context(|| format!("cannot write {}", path.display()))?;
     write_atomic(path, |f| Ok(f.write_all(&bytes)?))
 }
 
@@ -181,7 +186,11 @@ pub struct DecodedImage {
 
 impl DecodedImage {
     pub fn to_tensor(&self) -> Tensor {
-        Tensor::from_slice(&self.data).reshape([self.channels as i64, self.height as i64, self.width as i64])
+        Tensor::from_slice(&self.data).reshape([
+            self.channels as i64,
+            self.height as i64,
+            self.width as i64,
+        ])
     }
 
     /// Grey -> RGB by repeating the plane (RGB is returned unchanged).
@@ -193,7 +202,11 @@ impl DecodedImage {
         for _ in 0..3 {
             data.extend_from_slice(&self.data);
         }
-        DecodedImage { channels: 3, data, ..*self }
+        DecodedImage {
+            channels: 3,
+            data,
+            ..*self
+        }
     }
 }
 
@@ -214,7 +227,9 @@ fn decode_png(bytes: &[u8]) -> Result<DecodedImage> {
     dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().map_err(|e| anyhow!("bad PNG: {e}"))?;
     let mut buf = vec![0u8; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("bad PNG: {e}"))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| anyhow!("bad PNG: {e}"))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let in_ch = match info.color_type {
         png::ColorType::Grayscale => 1,
@@ -242,13 +257,20 @@ fn decode_png(bytes: &[u8]) -> Result<DecodedImage> {
             .collect(),
         d => bail!("unexpected PNG bit depth {d:?} after expansion"),
     };
-    Ok(DecodedImage { channels: keep, height: h, width: w, data: deinterleave(h, w, in_ch, keep, &samples) })
+    Ok(DecodedImage {
+        channels: keep,
+        height: h,
+        width: w,
+        data: deinterleave(h, w, in_ch, keep, &samples),
+    })
 }
 
 fn decode_jpeg(bytes: &[u8]) -> Result<DecodedImage> {
     let mut dec = jpeg_decoder::Decoder::new(bytes);
     let px = dec.decode().map_err(|e| anyhow!("bad JPEG: {e}"))?;
-    let info = dec.info().ok_or_else(|| anyhow!("bad JPEG: no frame header"))?;
+    let info = dec
+        .info()
+        .ok_or_else(|| anyhow!("bad JPEG: no frame header"))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let in_ch = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => 1,
@@ -260,7 +282,12 @@ fn decode_jpeg(bytes: &[u8]) -> Result<DecodedImage> {
     }
     let lut = u8_lut();
     let samples: Vec<f32> = px.iter().map(|&u| lut[u as usize]).collect();
-    Ok(DecodedImage { channels: in_ch, height: h, width: w, data: deinterleave(h, w, in_ch, in_ch, &samples) })
+    Ok(DecodedImage {
+        channels: in_ch,
+        height: h,
+        width: w,
+        data: deinterleave(h, w, in_ch, in_ch, &samples),
+    })
 }
 
 /// Decodes PNG or JPEG bytes (recognised by their magic bytes, not by name). Alpha is dropped,
@@ -277,8 +304,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<DecodedImage> {
 
 /// Reads a PNG or JPEG file as a decoded image (see [`decode_image`]); errors name the file.
 pub fn read_decoded(path: &Path) -> Result<DecodedImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image(&bytes).with_context(|| format!("cannot decode {}", path.display()))
+    let bytes = std::fs::read(path).flat_context(|| format!("cannot read {}", path.display()))?;
+    decode_image(&bytes).flat_context(|| format!("cannot decode {}", path.display()))
 }
 
 /// Reads a PNG or JPEG file as a `[C, H, W]` float tensor in `[-1, 1]`, C = 1 or 3.
@@ -312,7 +339,10 @@ mod tests {
         let t = Tensor::from_slice(&[-1.0f32, 0.0, 1.0]).reshape([1, 1, 3]);
         let u = tensor_to_u8(&t).unwrap();
         assert_eq!(u.size(), vec![1, 1, 3]);
-        assert_eq!(Vec::<u8>::try_from(u.reshape([-1])).unwrap(), vec![0, 128, 255]);
+        assert_eq!(
+            Vec::<u8>::try_from(u.reshape([-1])).unwrap(),
+            vec![0, 128, 255]
+        );
     }
 
     #[test]
@@ -342,7 +372,14 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    fn png_bytes(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], palette: Option<&[u8]>) -> Vec<u8> {
+    fn png_bytes(
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+        palette: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut out, w, h);
@@ -362,13 +399,37 @@ mod tests {
         use png::{BitDepth as B, ColorType as C};
         let u = |t: &DecodedImage| -> Vec<u8> { t.data.iter().map(|&x| f32_to_u8(x)).collect() };
         // grey + alpha: alpha dropped
-        let im = decode_image(&png_bytes(2, 1, C::GrayscaleAlpha, B::Eight, &[10, 0, 200, 255], None)).unwrap();
+        let im = decode_image(&png_bytes(
+            2,
+            1,
+            C::GrayscaleAlpha,
+            B::Eight,
+            &[10, 0, 200, 255],
+            None,
+        ))
+        .unwrap();
         assert_eq!((im.channels, u(&im)), (1, vec![10, 200]));
         // RGBA -> RGB planes
-        let im = decode_image(&png_bytes(2, 1, C::Rgba, B::Eight, &[1, 2, 3, 4, 5, 6, 7, 8], None)).unwrap();
+        let im = decode_image(&png_bytes(
+            2,
+            1,
+            C::Rgba,
+            B::Eight,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            None,
+        ))
+        .unwrap();
         assert_eq!((im.channels, u(&im)), (3, vec![1, 5, 2, 6, 3, 7]));
         // 16-bit grey: 0, 65535, 32896 (= 128 * 257)
-        let im = decode_image(&png_bytes(3, 1, C::Grayscale, B::Sixteen, &[0, 0, 255, 255, 128, 128], None)).unwrap();
+        let im = decode_image(&png_bytes(
+            3,
+            1,
+            C::Grayscale,
+            B::Sixteen,
+            &[0, 0, 255, 255, 128, 128],
+            None,
+        ))
+        .unwrap();
         assert_eq!(u(&im), vec![0, 255, 128]);
         assert_eq!(im.data[1], 1.0);
         // palette -> RGB
@@ -376,7 +437,8 @@ mod tests {
         let im = decode_image(&png_bytes(2, 1, C::Indexed, B::Eight, &[1, 0], Some(&pal))).unwrap();
         assert_eq!((im.channels, u(&im)), (3, vec![0, 255, 0, 0, 255, 0]));
         // 1-bit grey -> 0 / 255
-        let im = decode_image(&png_bytes(3, 1, C::Grayscale, B::One, &[0b1010_0000], None)).unwrap();
+        let im =
+            decode_image(&png_bytes(3, 1, C::Grayscale, B::One, &[0b1010_0000], None)).unwrap();
         assert_eq!(u(&im), vec![255, 0, 255]);
         // Garbage and truncation give errors, not panics.
         let good = png_bytes(4, 4, C::Rgb, B::Eight, &[7u8; 48], None);
@@ -405,7 +467,13 @@ mod fixture_tests {
         let p = read_decoded(&dir.join("python.png")).unwrap();
         assert_eq!((j.channels, j.height, j.width), (3, 16, 16));
         assert_eq!((p.channels, p.height, p.width), (3, 16, 16));
-        let mad: f32 = j.data.iter().zip(&p.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / j.data.len() as f32;
+        let mad: f32 = j
+            .data
+            .iter()
+            .zip(&p.data)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / j.data.len() as f32;
         // Lossy JPEG vs the lossless palette PNG: mean absolute difference of a few grey levels.
         assert!(mad < 0.1, "mean abs diff {mad}");
         eprintln!("jpeg vs png fixture: mean abs diff {mad:.4} (in [-1, 1] units)");

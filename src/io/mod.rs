@@ -10,3 +10,19 @@ pub mod npy;
 pub use atomic::{ensure_dir, ensure_parent_dir, write_atomic, write_atomic_bytes};
 pub use image::{read_image, tensor_to_u8, write_grid, write_png};
 pub use npy::{read_npy, write_npy};
+
+/// Like `anyhow::Context::with_context`, but folds the cause into one message
+/// (`"{context}: {cause}"`), so the whole story shows whether the error is printed with `{}`,
+/// `{:#}` or `{:?}`.
+pub trait FlatContext<T> {
+    fn flat_context<F: FnOnce() -> String>(self, f: F) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> FlatContext<T> for std::result::Result<T, E> {
+    fn flat_context<F: FnOnce() -> String>(self, f: F) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            let e: anyhow::Error = e.into();
+            anyhow::anyhow!("{}: {:#}", f(), e)
+        })
+    }
+}
