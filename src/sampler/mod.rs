@@ -33,7 +33,7 @@ pub mod edm;
 use crate::denoiser::Denoiser;
 use crate::process::Process;
 use crate::rng::SampleStreams;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -311,8 +311,8 @@ impl SamplerConfig {
         ensure!(self.steps > 0, "{name}: steps must be at least 1 (got 0)");
         ensure!(self.steps <= 1_000_000, "{name}: steps {} is absurdly large (max 1000000)", self.steps);
         let (t_end, t_start) = self.range(process);
-        process.check_t(t_start).with_context(|| format!("{name}: bad t_start"))?;
-        process.check_t(t_end).with_context(|| format!("{name}: bad t_end"))?;
+        process.check_t(t_start).map_err(|e| anyhow!("{name}: t_start: {e}"))?;
+        process.check_t(t_end).map_err(|e| anyhow!("{name}: t_end: {e}"))?;
         ensure!(t_end < t_start, "{name}: t_end ({t_end}) must be below t_start ({t_start})");
         let (s_end, s_start) = (process.sigma(t_end), process.sigma(t_start));
         ensure!(
