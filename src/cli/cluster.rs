@@ -155,6 +155,10 @@ fn binned(c: &Curves, bins: usize) -> serde_json::Value {
     json!({"t": t, "s0": s0, "s1": s1})
 }
 
+pub fn plot_curves_pub(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
+    plot_curves(path, c, opts, s)
+}
+
 fn plot_curves(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
     use crate::plot::{palette, Plot};
     let b = binned(c, 60);

@@ -90,3 +90,12 @@ impl Denoiser for ModelDenoiser<'_> {
         Ok(self.prediction.to_x0(&out, &xf, &s, &a).to_kind(x.kind()))
     }
 }
+
+impl StagedNetwork for crate::nn::MultiStageUNet {
+    fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward(x, noise_label, stage, train)
+    }
+    fn num_stages(&self) -> usize {
+        crate::nn::MultiStageUNet::num_stages(self)
+    }
+}

@@ -138,7 +138,11 @@ pub struct ResolvedConfig {
 impl TrainConfig {
     /// Parse TOML text (unknown keys are errors naming the key).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration {origin}: {}", e.to_string().trim()))
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            anyhow::anyhow!("invalid configuration {origin}{at}: {}", e.message().trim())
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -177,7 +177,6 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     let n_stages = stages.stages();
     let mut order = Order::new(data.len(), t.seed);
     let decay = cfg.ema.decay_for(t.batch);
-    let item = [c, h, w];
     let began = Instant::now();
     let mut window = (0.0f64, 0usize, vec![0.0f64; n_stages], vec![0usize; n_stages], Instant::now(), 0.0f64);
     let mut losses = Vec::new();
