@@ -432,7 +432,8 @@ fn report_interval_weighting_and_display() {
 #[ignore]
 fn bench_reference_train_step() {
     tch::set_num_threads(2);
-    let cfg = UNetConfig::preset("reference-6.5m").unwrap();
+    let scale: f64 = std::env::var("MSDIFF_BENCH_INIT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let cfg = UNetConfig { init_scale: scale, ..UNetConfig::preset("reference-6.5m").unwrap() };
     let (_vs, net) = build(&cfg);
     let x = Tensor::randn([32, 3, 32, 32], (Kind::Float, Device::Cpu));
     let t = Tensor::rand([32], (Kind::Float, Device::Cpu)) * 999.0;
@@ -449,4 +450,48 @@ fn bench_reference_train_step() {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("reference-6.5m b32 fwd+bwd, 2 threads: {:?} s, median {:.3} s", times, times[1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resampling filters
+
+#[test]
+fn fir_resampling_matches_upfirdn2d() {
+    use msdiff::nn::layers::{downsample, upsample};
+    // 1-D kernel [1,3,3,1]/8 per axis. upfirdn2d(x, k, down=2, pad=(1,1)): an impulse at x[2]
+    // reaches out[0] with k[3] = 1/8 and out[1] with k[1] = 3/8 (out[n] = sum_j x[2n+j-1] k[j]).
+    let x = Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let _ = x.get(0).get(0).get(2).get(2).fill_(1.0);
+    let y = downsample(&x, Resample::Fir);
+    assert_eq!(y.size(), [1, 1, 4, 4]);
+    let prof = [1.0 / 8.0, 3.0 / 8.0, 0.0, 0.0];
+    for i in 0..4 {
+        for j in 0..4 {
+            let want = prof[i] * prof[j];
+            let got = y.double_value(&[0, 0, i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-7, "down ({i},{j}): {got} vs {want}");
+        }
+    }
+    // upfirdn2d(x, 4k, up=2, pad=(2,1)): an impulse at x[1] spreads to out[1..=4] as
+    // 2*[1,3,3,1]/8 per axis.
+    let x = Tensor::zeros([1, 1, 4, 4], (Kind::Float, Device::Cpu));
+    let _ = x.get(0).get(0).get(1).get(1).fill_(1.0);
+    let y = upsample(&x, Resample::Fir);
+    assert_eq!(y.size(), [1, 1, 8, 8]);
+    let prof = [0.0, 0.25, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0];
+    for i in 0..8 {
+        for j in 0..8 {
+            let want = prof[i] * prof[j];
+            let got = y.double_value(&[0, 0, i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-7, "up ({i},{j}): {got} vs {want}");
+        }
+    }
+    // Constants are preserved away from the border by both filters and by the plain ones.
+    let c = Tensor::ones([1, 2, 8, 8], (Kind::Float, Device::Cpu));
+    for kind in [Resample::Fir, Resample::Plain] {
+        let d = downsample(&c, kind).narrow(2, 1, 2).narrow(3, 1, 2);
+        let u = upsample(&c, kind).narrow(2, 2, 12).narrow(3, 2, 12);
+        assert!(max_abs_diff(&d, &d.ones_like()) < 1e-6);
+        assert!(max_abs_diff(&u, &u.ones_like()) < 1e-6);
+    }
 }

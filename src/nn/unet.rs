@@ -49,14 +49,14 @@ fn attn(p: &Path, cfg: &UNetConfig, c: usize) -> AttnBlock {
 /// Down step between levels.
 #[derive(Debug)]
 enum DownStep {
-    Res(ResBlock),
+    Res(Box<ResBlock>),
     Conv(ConvDown),
 }
 
 /// Up step between levels.
 #[derive(Debug)]
 enum UpStep {
-    Res(ResBlock),
+    Res(Box<ResBlock>),
     Conv(ConvUp),
 }
 
@@ -126,7 +126,7 @@ impl Encoder {
             let (down, pyramid) = if i + 1 != nl {
                 let down = match cfg.resample_with {
                     ResampleWith::Resblock => {
-                        DownStep::Res(ResBlock::new(&(&lp / "down"), res_cfg(cfg, c, c, Updown::Down)))
+                        DownStep::Res(Box::new(ResBlock::new(&(&lp / "down"), res_cfg(cfg, c, c, Updown::Down))))
                     }
                     ResampleWith::Conv => DownStep::Conv(ConvDown::new(&(&lp / "down"), c, c, cfg.resample)),
                 };
@@ -240,7 +240,7 @@ impl Decoder {
                 attns.push(attn(&(&lp / "attn" / 0), cfg, c));
             }
             let up = (i != 0).then(|| match cfg.resample_with {
-                ResampleWith::Resblock => UpStep::Res(ResBlock::new(&(&lp / "up"), res_cfg(cfg, c, c, Updown::Up))),
+                ResampleWith::Resblock => UpStep::Res(Box::new(ResBlock::new(&(&lp / "up"), res_cfg(cfg, c, c, Updown::Up)))),
                 ResampleWith::Conv => UpStep::Conv(ConvUp::new(&(&lp / "up"), c, c, cfg.resample)),
             });
             levels.push(DecLevel { blocks, attns, attn_per_block: cfg.decoder_attn == DecoderAttn::Block, up });
