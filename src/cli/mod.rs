@@ -1,8 +1,10 @@
 //! The `msdiff` command line. Each subcommand lives in its own file; shared argument groups in
 //! [`args`]. Errors print one line (`msdiff: error: ...`) and exit with code 2.
 pub mod args;
+mod bench;
 mod cluster;
 mod demo;
+mod fid;
 mod info;
 mod sample;
 mod train;
@@ -39,6 +41,12 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Parameters and GFLOPs per stage of a network configuration.
     Info(info::InfoArgs),
+    /// FID: feature statistics of images or a dataset, and Frechet distances.
+    Fid(fid::FidArgs),
+    /// Sample N images from a checkpoint and report their FID against reference statistics.
+    Eval(fid::EvalArgs),
+    /// Benchmarks (optimal denoiser, training step, sampling throughput); see docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -87,5 +95,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Train(a) => train::run(&cli.global, a),
         Command::Sample(a) => sample::run(&cli.global, a),
         Command::Info(a) => info::run(&cli.global, a),
+        Command::Fid(a) => fid::run(&cli.global, a),
+        Command::Eval(a) => fid::run_eval(&cli.global, a),
+        Command::Bench(a) => bench::run(&cli.global, a),
     }
 }

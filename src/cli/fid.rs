@@ -1,0 +1,234 @@
+//! `msdiff fid stats|calc` and `msdiff eval`: FID with the TF Inception-v3 (2015-12-05) network,
+//! computed natively. Every number printed names the network, the resize and the image counts.
+use super::args::{parse_seeds, progress, Global, SamplerArgs};
+use crate::data::{self, LoadOptions};
+use crate::fid::{self, FidInception, FidStats};
+use crate::rng::SampleStreams;
+use crate::train::network::Loaded;
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Where the weights are looked for when --weights is not given.
+fn default_weights() -> PathBuf {
+    std::env::var_os("MSDIFF_FID_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(fid::inception::DEFAULT_WEIGHTS))
+}
+
+#[derive(Args, Debug)]
+pub struct FidArgs {
+    #[command(subcommand)]
+    pub what: FidWhat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Source {
+    /// Images: a folder of PNG/JPEG files or an .npy file ([N,C,H,W] in [-1,1] or uint8).
+    #[arg(long, conflicts_with = "data")]
+    pub images: Option<PathBuf>,
+    /// A dataset spec instead (e.g. fashion-mnist:../shared/data/fashion-mnist).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Use at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Net {
+    /// FID Inception weights (safetensors); default $MSDIFF_FID_WEIGHTS or ../shared/weights/inception-2015-12-05-fid.safetensors.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Images per network batch.
+    #[arg(long, default_value_t = 50)]
+    pub fid_batch: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FidWhat {
+    /// Feature statistics (mean, covariance) of a set of images, saved as safetensors.
+    Stats {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        net: Net,
+        /// Output statistics file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the raw [N, 2048] features as .npy.
+        #[arg(long)]
+        features_out: Option<PathBuf>,
+    },
+    /// FID of a set of images (or of saved statistics) against reference statistics.
+    Calc {
+        #[command(flatten)]
+        source: Source,
+        /// Saved statistics instead of images.
+        #[arg(long, conflicts_with_all = ["images", "data"])]
+        stats: Option<PathBuf>,
+        #[command(flatten)]
+        net: Net,
+        /// Reference statistics (from `msdiff fid stats`).
+        #[arg(long = "ref")]
+        reference: PathBuf,
+    },
+}
+
+pub fn load_net(n: &Net, device: Device) -> Result<FidInception> {
+    FidInception::load(n.weights.clone().unwrap_or_else(default_weights), device)
+}
+
+fn load_images(s: &Source) -> Result<(Tensor, String)> {
+    let (spec, name) = match (&s.images, &s.data) {
+        (Some(p), _) => (p.display().to_string(), p.display().to_string()),
+        (None, Some(d)) => (d.clone(), d.clone()),
+        (None, None) => anyhow::bail!("give --images DIR|FILE.npy or --data SPEC"),
+    };
+    let ds = data::load(&spec, &LoadOptions { limit: s.limit, ..Default::default() })?;
+    Ok((ds.images, name))
+}
+
+/// Statistics of images in [-1, 1] (quantised to 8 bits as when saved as PNG).
+pub fn stats_of(net: &FidInception, images: &Tensor, batch: usize, quiet: bool, features_out: Option<&Path>) -> Result<FidStats> {
+    let n = images.size()[0] as u64;
+    let bar = progress(n, "fid", quiet);
+    let u8s = fid::inception::pm1_to_u8(images);
+    let stats = if let Some(p) = features_out {
+        let f = fid::features(net, &u8s, batch, |k| bar.set_position(k as u64))?;
+        crate::io::npy::write_npy(p, &f)?;
+        fid::stats_of_features(&f)?
+    } else {
+        fid::compute_stats_tensor(net, &u8s, batch, |k| bar.set_position(k as u64))?
+    };
+    bar.finish_and_clear();
+    if let Some(w) = stats.rank_warning() {
+        eprintln!("msdiff: warning: {w}");
+    }
+    Ok(stats)
+}
+
+fn describe(n_a: u64, n_b: u64) -> String {
+    format!("{}, resize {}, N = {n_a} vs {n_b}", fid::inception::NETWORK_NAME, fid::inception::RESIZE_NAME)
+}
+
+pub fn run(g: &Global, a: FidArgs) -> Result<i32> {
+    let device = g.device()?;
+    match a.what {
+        FidWhat::Stats { source, net, out, features_out } => {
+            let (images, name) = load_images(&source)?;
+            let stats = stats_of(&load_net(&net, device)?, &images, net.fid_batch, g.quiet, features_out.as_deref())?;
+            stats.save(&out)?;
+            println!("statistics of {} images of {name} -> {} ({}, resize {})", stats.n, out.display(), fid::inception::NETWORK_NAME, fid::inception::RESIZE_NAME);
+        }
+        FidWhat::Calc { source, stats, net, reference } => {
+            let r = FidStats::load(&reference)?;
+            let s = match stats {
+                Some(p) => FidStats::load(&p)?,
+                None => {
+                    let (images, _) = load_images(&source)?;
+                    let n = load_net(&net, device)?;
+                    stats_of(&n, &images, net.fid_batch, g.quiet, None)?
+                }
+            };
+            let rep = fid::frechet_distance_report(&s, &r)?;
+            for w in &rep.warnings {
+                eprintln!("msdiff: warning: {w}");
+            }
+            println!("FID {:.4} ({}; reference {})", rep.fid, describe(s.n, r.n), reference.display());
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint or run folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Reference statistics (from `msdiff fid stats`).
+    #[arg(long = "ref")]
+    pub reference: PathBuf,
+    /// Number of images to sample.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Per-image seeds (default 0..n-1).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Images per sampling batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
+    pub net: Net,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    pub raw: bool,
+    /// Append the result as a JSON line to this file.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+}
+
+/// Sample `seeds` from a checkpoint (EMA weights unless `raw`), returning [N, C, H, W] in [-1, 1].
+pub fn sample_checkpoint(l: &Loaded, sampler: &crate::sampler::SamplerConfig, seeds: &[u64], batch: usize, device: Device, quiet: bool) -> Result<(Tensor, usize)> {
+    let den = l.denoiser()?;
+    let process = l.config.process.build()?;
+    sampler.validate(&process)?;
+    let m = &l.config.model;
+    let item = [m.in_channels as i64, m.resolution as i64, m.resolution as i64];
+    let bar = progress(seeds.len() as u64, "sample", quiet);
+    let mut outs = Vec::new();
+    let mut nfe = 0;
+    for chunk in seeds.chunks(batch.max(1)) {
+        let mut streams = SampleStreams::from_seeds(chunk);
+        let noise = streams.randn(&item, Kind::Float).to_device(device);
+        let s = crate::sampler::sample(sampler, &den, &process, &noise, &mut streams)?;
+        nfe = s.nfe;
+        outs.push(s.x.to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((Tensor::cat(&outs, 0), nfe))
+}
+
+pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
+    let device = g.device()?;
+    let sampler = a.sampler.config()?;
+    let seeds = match &a.seeds {
+        Some(s) => parse_seeds(s)?,
+        None => (0..a.n as u64).collect(),
+    };
+    ensure!(!seeds.is_empty(), "--n must be > 0");
+    let r = FidStats::load(&a.reference)?;
+    let net = load_net(&a.net, device)?;
+    let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?;
+    let t0 = std::time::Instant::now();
+    let (x, nfe) = sample_checkpoint(&l, &sampler, &seeds, a.batch, device, g.quiet)?;
+    let sample_s = t0.elapsed().as_secs_f64();
+    let s = stats_of(&net, &x, a.net.fid_batch, g.quiet, None)?;
+    let rep = fid::frechet_distance_report(&s, &r)?;
+    for w in &rep.warnings {
+        eprintln!("msdiff: warning: {w}");
+    }
+    println!(
+        "FID {:.4} at step {} ({} {nfe} NFE, {} weights; {}; reference {})",
+        rep.fid,
+        l.step,
+        sampler.kind.name(),
+        if a.raw { "raw" } else { "EMA" },
+        describe(s.n, r.n),
+        a.reference.display()
+    );
+    if let Some(p) = &a.log {
+        use std::io::Write;
+        let line = json!({
+            "checkpoint": a.checkpoint, "step": l.step, "fid": rep.fid, "n": s.n, "n_ref": r.n, "sampler": sampler, "nfe": nfe,
+            "ema": !a.raw, "network": fid::inception::NETWORK_NAME, "resize": fid::inception::RESIZE_NAME,
+            "reference": a.reference, "sample_seconds": sample_s,
+        });
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open {}", p.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(0)
+}
