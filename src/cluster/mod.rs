@@ -53,7 +53,7 @@ pub struct Split {
     /// The process the cuts' t refers to.
     pub process: crate::process::ProcessConfig,
     /// How the split was computed (options, dataset, curves); free-form for reports.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
 }
 

@@ -201,7 +201,7 @@ impl ResolvedConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration as TOML: {e}\n"))
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration as TOML: {e}\n"))
     }
 }
 

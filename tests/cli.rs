@@ -1,0 +1,148 @@
+//! The `msdiff` binary as a user meets it: outputs, reproducibility, and one-line errors with
+//! exit code 2 (never a panic, never a half-written output).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn msdiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msdiff")).args(["--quiet", "--threads", "2"]).args(args).output().expect("run msdiff")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("msdiff-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Exit code 2 with one `msdiff: error:` line containing `needle`.
+fn assert_user_error(o: &Output, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("msdiff: error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {e}");
+    assert!(lines[0].contains(needle), "error line {:?} does not mention {needle:?}", lines[0]);
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn sample_optimal_is_reproducible_and_batch_independent() {
+    let d = tmp("sample");
+    let run = |out: &Path, batch: &str| {
+        let o = msdiff(&[
+            "sample", "--model", "optimal", "--data", "builtin", "--data-limit", "50", "--sampler", "ddpm", "--steps", "30",
+            "--seeds", "3-8", "--batch", batch, "--out", out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let so = run(&d.join("a"), "6");
+    run(&d.join("b"), "4");
+    run(&d.join("c"), "6");
+    let a = std::fs::read(d.join("a/samples.npy")).unwrap();
+    assert_eq!(a, std::fs::read(d.join("b/samples.npy")).unwrap(), "batch size changed the samples");
+    assert_eq!(a, std::fs::read(d.join("c/samples.npy")).unwrap(), "same seeds gave different samples");
+    assert!(d.join("a/grid.png").is_file() && d.join("a/images/000005.png").is_file());
+    // Ancestral sampling on the optimal denoiser lands on training images.
+    let line = so.lines().find(|l| l.starts_with("nearest training image")).expect(&so);
+    let mean: f64 = line.split("mean ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(mean < 0.05, "{line}");
+}
+
+#[test]
+fn sample_bad_input_is_a_clear_error() {
+    let d = tmp("sample-bad");
+    let out = d.join("o");
+    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--sampler", "nope", "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "unknown sampler 'nope'");
+    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--steps", "0", "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "steps");
+    let o = msdiff(&["sample", "--model", "optimal", "--data", "mnist:/nonexistent/dir", "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "/nonexistent/dir");
+    // A truncated IDX file.
+    let idx = d.join("bad-idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    let mut bytes = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
+    bytes.extend(std::iter::repeat_n(7u8, 100));
+    std::fs::write(idx.join("train-images-idx3-ubyte"), &bytes).unwrap();
+    let o = msdiff(&["sample", "--model", "optimal", "--data", &format!("idx:{}", idx.join("train-images-idx3-ubyte").display()), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Unreadable --init-noise.
+    let noise = d.join("noise.npy");
+    std::fs::write(&noise, b"not an npy file").unwrap();
+    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "init-noise");
+    assert!(!out.join("samples.npy").exists(), "no output may be written on error");
+    // A checkpoint that does not exist.
+    let o = msdiff(&["sample", "--model", d.join("nothing").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "does not exist");
+}
+
+#[test]
+fn cluster_writes_a_split_and_refuses_bad_options() {
+    let d = tmp("cluster");
+    let out = d.join("snr.json");
+    let o = msdiff(&["cluster", "--method", "snr", "--stages", "3", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = msdiff::cluster::Split::load(&out).unwrap();
+    assert_eq!(s.boundaries_t, vec![0.348, 0.709]);
+    let out = d.join("opt.json");
+    let plot = d.join("opt.png");
+    let o = msdiff(&[
+        "cluster", "--data", "builtin", "--data-limit", "500", "--samples", "300", "--out", out.to_str().unwrap(), "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = msdiff::cluster::Split::load(&out).unwrap();
+    assert_eq!(s.stages, 3);
+    assert!(plot.is_file());
+    for (args, needle) in [
+        (vec!["--alpha", "1.5"], "alpha"),
+        (vec!["--alpha", "0"], "alpha"),
+        (vec!["--eta", "0"], "eta"),
+        (vec!["--stages", "1"], "stages"),
+        (vec!["--samples", "10"], "too few"),
+        (vec!["--method", "kmeans"], "unknown clustering method"),
+    ] {
+        let mut a = vec!["cluster", "--data-limit", "100", "--out", "/dev/null/never"];
+        a.extend(args);
+        assert_user_error(&msdiff(&a), needle);
+    }
+}
+
+#[test]
+fn train_rejects_config_typos_and_dry_run_prints_the_resolved_config() {
+    let d = tmp("train");
+    let cfg = d.join("typo.toml");
+    std::fs::write(&cfg, "[model]\npreset = \"tiny\"\n[optim]\nlearning_rate = 1e-3\n").unwrap();
+    assert_user_error(&msdiff(&["train", "--config", cfg.to_str().unwrap()]), "learning_rate");
+    std::fs::write(&cfg, "[model]\npreset = \"tiny\"\nbase_channels = 18\n[stages]\nmethod = \"uniform\"\n").unwrap();
+    assert_user_error(&msdiff(&["train", "--config", cfg.to_str().unwrap()]), "divisible");
+    std::fs::write(&cfg, "[data]\ncount = 64\n[model]\npreset = \"tiny\"\n[stages]\nmethod = \"snr\"\n").unwrap();
+    let o = msdiff(&["train", "--config", cfg.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("boundaries_t = [") && e.contains("0.348"), "{e}");
+    assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn info_reports_the_paper_model() {
+    let o = msdiff(&["info", "--preset", "cifar10-multistage"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("237169337") || s.contains("237,169,337"), "{s}");
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let d = tmp("demo");
+    let o = msdiff(&["demo", "--steps", "12", "--cluster-samples", "200", "--samples", "9", "--out", d.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["report.md", "samples.png", "split.png", "split.json", "loss.png", "data.png", "run/config.toml", "run/metrics.jsonl"] {
+        assert!(d.join(f).is_file(), "demo did not write {f}");
+    }
+}
