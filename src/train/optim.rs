@@ -110,11 +110,13 @@ impl Adam {
             }
         }
         // Global norm over the parameters that have gradients (in f64 for a stable sum).
-        let mut sq = 0.0;
-        for (_, _, g) in &with_grad {
-            sq += g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
-        }
-        let grad_norm = sq.sqrt();
+        // One device sync for the whole norm (not one per parameter).
+        let grad_norm = if with_grad.is_empty() {
+            0.0
+        } else {
+            let parts: Vec<Tensor> = with_grad.iter().map(|(_, _, g)| g.to_kind(Kind::Double).square().sum(Kind::Double)).collect();
+            Tensor::stack(&parts, 0).sum(Kind::Double).double_value(&[]).sqrt()
+        };
         ensure!(grad_norm.is_finite(), "the gradient norm is not finite ({grad_norm})");
         let clip = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip { self.cfg.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
         let c = &self.cfg;
