@@ -196,6 +196,15 @@ impl TrainConfig {
 }
 
 impl ResolvedConfig {
+    /// The process's short name (vp, ddpm, edm).
+    pub fn process_name(&self) -> &'static str {
+        match self.process {
+            ProcessConfig::Vp { .. } => "vp",
+            ProcessConfig::Ddpm { .. } => "ddpm",
+            ProcessConfig::Edm { .. } => "edm",
+        }
+    }
+
     pub fn boundaries_sigma(&self) -> Vec<f64> {
         self.split.as_ref().map(|s| s.boundaries_sigma.clone()).unwrap_or_default()
     }
