@@ -105,6 +105,11 @@ impl OptimalDenoiser {
         self
     }
 
+    /// Largest minus smallest data value (bounds how far weight errors can move the mean).
+    pub fn value_range(&self) -> f64 {
+        self.data.max().double_value(&[]) - self.data.min().double_value(&[])
+    }
+
     /// Bytes this denoiser keeps for `n` items of `d` values (two f32 copies plus norms).
     pub fn memory_estimate(n: i64, d: i64) -> u64 {
         (n as u64) * (d as u64) * 8 + (n as u64) * 4
@@ -140,6 +145,14 @@ impl OptimalDenoiser {
     /// Posterior mean for flattened queries `x` `[B, D]` (f32 or f64) and `sigma` `[B]` (any
     /// float kind). Returns `[B, D]` in f64.
     pub fn posterior_mean(&self, x: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+        self.posterior_mean_tol(x, sigma, None)
+    }
+
+    /// [`Self::posterior_mean`] with a per-row logit tolerance (natural-log units) replacing the
+    /// denoiser's own: a caller that knows how precise the mean must be (e.g. the clustering, whose
+    /// decisions compare |m - y| with eta sigma) can accept the f32 pass where its error bound allows.
+    /// A logit error of at most delta on every weight moves the mean by at most delta x (data range).
+    pub fn posterior_mean_tol(&self, x: &Tensor, sigma: &Tensor, tol: Option<&[f64]>) -> Result<Tensor> {
         let size = x.size();
         ensure!(size.len() == 2 && size[1] == self.dim(), "query shape {size:?} does not match items of size {}", self.dim());
         let b = size[0];
@@ -148,6 +161,9 @@ impl OptimalDenoiser {
         if let Some(s) = sig.iter().find(|s| !(**s > 0.0 && s.is_finite())) {
             bail!("sigma must be positive and finite, got {s}");
         }
+        let own = vec![self.logit_tol; b as usize];
+        let tol = tol.unwrap_or(&own);
+        ensure!(tol.len() == b as usize, "{} tolerances for {b} queries", tol.len());
         let device = self.data.device();
         let x64 = x.to_kind(Kind::Double).to_device(device);
         let mut out = Vec::new();
@@ -155,10 +171,11 @@ impl OptimalDenoiser {
         while start < b {
             let len = self.block_rows.min(b - start);
             let xb = x64.narrow(0, start, len);
-            let sb = &sig[start as usize..(start + len) as usize];
+            let range = start as usize..(start + len) as usize;
+            let sb = &sig[range.clone()];
             out.push(match self.precision {
                 Precision::F64 => self.block_f64(&xb, sb),
-                Precision::Mixed => self.block_mixed(&xb, sb),
+                Precision::Mixed => self.block_mixed(&xb, sb, &tol[range]),
             });
             start += len;
         }
@@ -197,7 +214,7 @@ impl OptimalDenoiser {
         acc / run_sum.unsqueeze(1)
     }
 
-    fn block_mixed(&self, x64: &Tensor, sig: &[f64]) -> Tensor {
+    fn block_mixed(&self, x64: &Tensor, sig: &[f64], tol: &[f64]) -> Tensor {
         let device = x64.device();
         let rows = x64.size()[0];
         let x32 = x64.to_kind(Kind::Float);
@@ -220,7 +237,7 @@ impl OptimalDenoiser {
         let mut full_rows = Vec::new();
         for r in 0..rows as usize {
             let err = 2.0 * eps32 * sqrt_d * (2.0 * xnorm[r] * self.max_norm + self.max_norm * self.max_norm) * inv2s2[r];
-            if err <= self.logit_tol {
+            if err <= tol[r] {
                 continue;
             }
             let thr = lmax_cpu[r] - CUTOFF - 2.0 * err;
