@@ -112,7 +112,9 @@ fn main() -> Result<()> {
     }
     println!("FID Inception: {gf:.3} GFLOP per 299x299 image (2 x conv multiply-adds, counted over the 94 convs)");
 
-    for (label, c, h) in [("RGB 299x299 u8", 3i64, 299i64), ("grey 28x28 u8 (resized)", 1, 28)] {
+    let cases: &[(&str, i64, i64)] =
+        if images > 0 { &[("RGB 299x299 u8", 3, 299), ("grey 28x28 u8 (resized)", 1, 28)] } else { &[] };
+    for &(label, c, h) in cases {
         let x = Tensor::randint(256, [images as i64, c, h, h], (Kind::Uint8, Device::Cpu));
         let _ = fid::features(&net, &x.narrow(0, 0, batch.min(images) as i64), batch, |_| {})?; // warm-up
         let t = Instant::now();
