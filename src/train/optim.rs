@@ -133,13 +133,17 @@ impl Adam {
                 }
             }
             *t += 1;
-            let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-            let _ = v.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
             let bc1 = 1.0 - c.beta1.powi(*t as i32);
             let bc2 = 1.0 - c.beta2.powi(*t as i32);
-            let denom = (&*v / bc2).sqrt() + c.eps;
-            let update = (&*m / bc1) / denom * lr;
-            let _ = p.g_sub_(&update);
+            // Same update as PyTorch's Adam, in 8 tensor ops (2 allocations) per parameter instead
+            // of 14 (9): m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2);
+            // p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), written as
+            // p.addcdiv_(m, d) with d = (sqrt(v) / sqrt(bc2) + eps) * (-bc1 / lr).
+            let _ = m.lerp_(&g, 1.0 - c.beta1);
+            let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
+            let mut d = v.sqrt();
+            let _ = d.g_mul_scalar_(1.0 / bc2.sqrt()).g_add_scalar_(c.eps).g_mul_scalar_(-bc1 / lr);
+            let _ = p.addcdiv_(&*m, &d);
         }
         Ok(StepInfo { grad_norm, updated: with_grad.len(), skipped })
     }
