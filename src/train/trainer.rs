@@ -28,6 +28,11 @@ const DATA_STREAM: u64 = 0x0DA7_A000_0000_0001;
 const STEP_STREAM: u64 = 0x57E9_0000_0000_0002;
 const INIT_STREAM: u64 = 0x1417_0000_0000_0003;
 
+/// libtorch's generator (weight init, dropout) is process-wide: trainers in one process (tests,
+/// library users) hold this lock while they seed it and draw from it, so each run's draws stay
+/// determined by its own (seed, step).
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Set by Ctrl-C; the loop saves a checkpoint and returns.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -117,9 +122,11 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     // Model, EMA, optimiser: fresh or from the checkpoint.
-    tch::manual_seed((t.seed ^ INIT_STREAM) as i64);
-    let model = Network::new(&cfg.model, device)?;
-    let ema_net = Network::new(&cfg.model, device)?;
+    let (model, ema_net) = {
+        let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed((t.seed ^ INIT_STREAM) as i64);
+        (Network::new(&cfg.model, device)?, Network::new(&cfg.model, device)?)
+    };
     let params = model.params();
     let ema_params = ema_net.params();
     let mut adam = Adam::new(cfg.optim.clone(), &params);
@@ -207,8 +214,11 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let alpha = per_sample(&cond.alpha, 4);
         let xt = &x0 + &z * &sig;
         let input = &xt * per_sample(&cond.input_scale, 4);
-        tch::manual_seed(dropout_seed(t.seed, s));
-        let out = model.net.forward(&input, &cond.label, &stage_ids, true)?;
+        let out = {
+            let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(dropout_seed(t.seed, s));
+            model.net.forward(&input, &cond.label, &stage_ids, true)?
+        };
         let target = cfg.prediction.target(&x0, &z, &xt, &sig, &alpha);
         let per = (&out - &target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
         let loss = per.mean(Kind::Float);
