@@ -41,10 +41,11 @@ fn matches_a_naive_softmax_at_all_noise_levels() {
             let want = naive_mean(&data, &Vec::<f64>::try_from(&x).unwrap(), sigma);
             let got = Vec::<f64>::try_from(m.squeeze_dim(0)).unwrap();
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            // F64: pure rounding (values O(1), 40 terms): 1e-12. Mixed: weights carry a relative
-            // error below LOGIT_TOL = 1e-6 and the f32 weighted sum ~1e-7, on values of range 2: 1e-5.
-            let tol = if precision == Precision::F64 { 1e-12 } else { 1e-5 };
-            assert!(err < tol, "{precision:?} sigma {sigma}: max error {err:e}");
+            // F64: pure rounding (values O(1), 40 terms): 1e-12. Mixed: the implied eps is exact
+            // to EPS_TOL = 1e-5, i.e. m to 1e-5 sigma, plus the f32 rounding of the weighted sum
+            // (~1e-7 of the range 2; 1e-6 allowed).
+            let tol = if precision == Precision::F64 { 1e-12 } else { 1e-5 * sigma + 1e-6 };
+            assert!(err < tol, "{precision:?} sigma {sigma}: max error {err:e} (tolerance {tol:e})");
         }
     }
 }
@@ -102,9 +103,13 @@ fn batched_equals_one_by_one_and_f32_inputs_work() {
     let x = r.randn(&[5, 8], Kind::Double);
     let s = Tensor::from_slice(&[0.01, 0.2, 1.0, 5.0, 50.0]);
     let all = den.denoise(&x, &s).unwrap();
+    let sig = [0.01, 0.2, 1.0, 5.0, 50.0];
     for i in 0..5 {
         let one = den.denoise(&x.narrow(0, i, 1), &s.narrow(0, i, 1)).unwrap();
-        assert!((one - all.narrow(0, i, 1)).abs().max().double_value(&[]) < 1e-12);
+        let err = (one - all.narrow(0, i, 1)).abs().max().double_value(&[]);
+        // Rows refined in f64 agree to rounding; rows kept in f32 (high sigma) may differ by the
+        // GEMM's blocking, within the stated accuracy (1e-5 sigma + 1e-6).
+        assert!(err < 1e-5 * sig[i as usize] + 1e-6, "row {i}: {err:e}");
     }
     let out32 = den.denoise(&x.to_kind(Kind::Float), &s.to_kind(Kind::Float)).unwrap();
     assert_eq!(out32.kind(), Kind::Float);

@@ -25,7 +25,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo")]
     pub out: PathBuf,
     /// Training steps (the default fits the whole demo in about 5 minutes on 2 CPU cores).
-    #[arg(long, default_value_t = 700)]
+    #[arg(long, default_value_t = 900)]
     pub steps: u64,
     /// Monte-Carlo samples for the clustering.
     #[arg(long, default_value_t = 2000)]

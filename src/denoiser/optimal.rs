@@ -13,8 +13,9 @@
 //! Precision: in f32, the product x~.y carries an absolute error of about
 //! eps_f32 sqrt(D) ||x~|| ||y||, which divided by 2 sigma^2 ruins the weights as sigma -> 0 (this is
 //! exactly where every sampler ends). [`Precision::Mixed`] therefore runs the fast f32 pass over the
-//! whole set, bounds each row's logit error, and for rows where that bound exceeds
-//! [`LOGIT_TOL`] recomputes the softmax in f64 from exact differences over the candidate rows whose
+//! whole set, bounds each row's logit error, and for rows where that bound could move the
+//! implied noise prediction eps = (x~ - m)/sigma by more than [`EPS_TOL`] recomputes the softmax
+//! in f64 from exact differences over the candidate rows whose
 //! f32 logit is within [`CUTOFF`] + 2 x bound of the maximum (the rest weigh less than
 //! e^-CUTOFF relative to the largest weight and are dropped). If there are more than
 //! [`MAX_CANDIDATES`] candidates the row is redone in f64 over the whole set. [`Precision::F64`]
@@ -23,9 +24,12 @@ use super::Denoiser;
 use anyhow::{bail, ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-/// Logit error (natural-log units) below which the f32 pass is kept for a row: weights then
-/// carry a relative error under 1e-6, below f32's own resolution of the result.
-pub const LOGIT_TOL: f64 = 1e-6;
+/// Accuracy target of the mixed mode, in noise-prediction units: a logit error of delta moves the
+/// mean m by at most delta x (data range), hence eps = (x~ - m)/sigma by delta x range / sigma; a
+/// row keeps its f32 weights when that bound is below `EPS_TOL` (i.e. x0 is exact to
+/// `EPS_TOL * sigma`), else it is refined in f64. At high noise the f32 pass suffices; towards
+/// sigma -> 0 every row is refined (over few candidates, so cheaply).
+pub const EPS_TOL: f64 = 1e-5;
 /// Candidates whose logit is more than this below the row maximum are dropped in the f64
 /// refinement: their weight is < e^-40 = 4.2e-18 of the largest, so even 10^6 of them change the
 /// posterior mean by less than f64 rounding of values of order 1.
@@ -53,10 +57,12 @@ pub struct OptimalDenoiser {
     mean: Tensor,
     /// Max ||y_i|| (for the error bound).
     max_norm: f64,
+    /// Largest minus smallest data value.
+    value_range: f64,
     item_shape: Vec<i64>,
     precision: Precision,
-    /// Logit error above which a row is refined in f64 (see [`LOGIT_TOL`]).
-    logit_tol: f64,
+    /// Noise-prediction error above which a row is refined in f64 (see [`EPS_TOL`]).
+    eps_tol: f64,
     /// Rows processed per block (bounds the `[rows, N]` logit matrix).
     block_rows: i64,
 }
@@ -87,9 +93,10 @@ impl OptimalDenoiser {
             sq_norms: sq_norms.to_kind(Kind::Float),
             mean,
             max_norm,
+            value_range: flat.max().double_value(&[]) - flat.min().double_value(&[]),
             item_shape: size[1..].to_vec(),
             precision: Precision::Mixed,
-            logit_tol: LOGIT_TOL,
+            eps_tol: EPS_TOL,
             block_rows,
         })
     }
@@ -99,15 +106,15 @@ impl OptimalDenoiser {
         self
     }
 
-    /// Accept f32 logits whose error bound is below `tol` (natural-log units) without refining.
-    pub fn with_logit_tolerance(mut self, tol: f64) -> Self {
-        self.logit_tol = tol;
+    /// Set the accuracy target in noise-prediction units (default [`EPS_TOL`]).
+    pub fn with_eps_tolerance(mut self, tol: f64) -> Self {
+        self.eps_tol = tol;
         self
     }
 
     /// Largest minus smallest data value (bounds how far weight errors can move the mean).
     pub fn value_range(&self) -> f64 {
-        self.data.max().double_value(&[]) - self.data.min().double_value(&[])
+        self.value_range
     }
 
     /// Bytes this denoiser keeps for `n` items of `d` values (two f32 copies plus norms).
@@ -161,7 +168,8 @@ impl OptimalDenoiser {
         if let Some(s) = sig.iter().find(|s| !(**s > 0.0 && s.is_finite())) {
             bail!("sigma must be positive and finite, got {s}");
         }
-        let own = vec![self.logit_tol; b as usize];
+        let range = self.value_range.max(1e-12);
+        let own: Vec<f64> = sig.iter().map(|s| self.eps_tol * s / range).collect();
         let tol = tol.unwrap_or(&own);
         ensure!(tol.len() == b as usize, "{} tolerances for {b} queries", tol.len());
         let device = self.data.device();
