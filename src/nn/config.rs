@@ -139,6 +139,7 @@ pub const PRESETS: &[&str] = &[
     "small-multistage",
     "small-unified",
     "small-separate",
+    "small-multistage-lite",
 ];
 
 impl UNetConfig {
@@ -156,6 +157,9 @@ impl UNetConfig {
     /// - `small-*`: 1x28x28 (MNIST-like), width 32, mult 1,2,2, 2 blocks, attention at 7, plain
     ///   filters, BigGAN resampling blocks, no pyramid, dropout 0.1; decoders 48/32/16 (multistage,
     ///   separate) or 32 (unified).
+    /// - `small-multistage-lite`: the `small` layout with decoders 32/24/16: the unified model's
+    ///   width near the data and narrower decoders for the noisier stages, so sampling costs less
+    ///   than with the unified model.
     pub fn preset(name: &str) -> Result<Self> {
         let paper = Self::default();
         let small = Self {
@@ -205,6 +209,7 @@ impl UNetConfig {
                 decoder_channels: vec![24, 16, 8],
                 ..small.clone()
             },
+            "small-multistage-lite" => Self { decoder_channels: vec![32, 24, 16], ..small },
             "small-multistage" => small,
             "small-unified" => Self { decoder_channels: vec![32], ..small },
             "small-separate" => Self { architecture: Architecture::Separate, ..small },
