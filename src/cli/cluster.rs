@@ -155,11 +155,8 @@ fn binned(c: &Curves, bins: usize) -> serde_json::Value {
     json!({"t": t, "s0": s0, "s1": s1})
 }
 
-pub fn plot_curves_pub(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
-    plot_curves(path, c, opts, s)
-}
-
-fn plot_curves(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
+/// The clustering plot: binned S0, S1, their running means, alpha and the cuts.
+pub fn plot_curves(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
     use crate::plot::{palette, Plot};
     let b = binned(c, 60);
     let get = |k: &str| -> Vec<f64> { b[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default() };

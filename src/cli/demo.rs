@@ -107,7 +107,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let mut split = Split::from_t(Method::Optimal, stage_cuts(&process, t1, t2, 3)?, &vp)?;
     split.details = serde_json::json!({"dataset": "builtin", "options": opts});
     split.save(&out.join("split.json"))?;
-    super::cluster::plot_curves_pub(&out.join("split.png"), &curves, &opts, &split)?;
+    super::cluster::plot_curves(&out.join("split.png"), &curves, &opts, &split)?;
     let cluster_s = t0.elapsed().as_secs_f64();
     println!(
         "[2/4] cluster: cuts t = {:.3}, {:.3} (sigma {:.3}, {:.3}) in {cluster_s:.1} s",

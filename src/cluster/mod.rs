@@ -90,9 +90,7 @@ impl Split {
     /// Write as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        let tmp = path.with_extension("json.partial");
-        std::fs::write(&tmp, text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        crate::io::atomic::write_atomic_bytes(path, text.as_bytes())
     }
 }
 
