@@ -146,3 +146,43 @@ fn demo_runs_end_to_end() {
         assert!(d.join(f).is_file(), "demo did not write {f}");
     }
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
+    let d = tmp("ctrlc");
+    let cfg = d.join("run.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\ncount = 64\n[model]\npreset = \"tiny\"\n[stages]\nmethod = \"uniform\"\n[train]\nbatch = 8\nsteps = 100000\nlog_every = 1\ncheckpoint_every = 100000\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msdiff"))
+        .args(["--quiet", "--threads", "1", "train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a few steps are logged, then interrupt as a terminal's Ctrl-C would.
+    let started = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+        if n >= 3 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap();
+    let (step, _) = ck.last().expect("a checkpoint must be saved on Ctrl-C");
+    assert!(*step >= 3);
+    // Resume from the run folder and finish a few more steps.
+    let o = msdiff(&["train", "--no-samples", "--resume", run.to_str().unwrap(), "--steps", &(step + 2).to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap();
+    assert_eq!(ck.last().unwrap().0, step + 2);
+}
