@@ -25,15 +25,13 @@ pub struct InfoArgs {
 pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
     let (cfg, split_t) = if let Some(p) = &a.config {
         let tc = crate::train::TrainConfig::load(p)?;
-        let shape = [tc.model.get("in_channels").and_then(|v| v.as_integer()).unwrap_or(-1), 0, 0];
-        // Without loading data, take in_channels/resolution from the table or the preset.
-        let mut table = tc.model.clone();
-        let preset = match table.remove("preset") {
-            Some(toml::Value::String(s)) => UNetConfig::preset(&s)?,
+        // Without loading the dataset: in_channels / resolution from the [model] table, else the preset's.
+        let preset = match tc.model.get("preset") {
+            Some(toml::Value::String(s)) => UNetConfig::preset(s)?,
             _ => UNetConfig::default(),
         };
-        let c = if shape[0] > 0 { shape[0] } else { preset.in_channels as i64 };
-        let r = table.get("resolution").and_then(|v| v.as_integer()).unwrap_or(preset.resolution as i64);
+        let get = |k: &str, d: usize| tc.model.get(k).and_then(|v| v.as_integer()).map(|v| v as i64).unwrap_or(d as i64);
+        let (c, r) = (get("in_channels", preset.in_channels), get("resolution", preset.resolution));
         let base = p.parent().unwrap_or(std::path::Path::new("."));
         let resolved = tc.resolve(base, [c, r, r])?;
         let t = resolved.split.as_ref().map(|s| s.boundaries_t.clone());
