@@ -256,7 +256,10 @@ fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Opt
     let vp = ProcessConfig::default();
     let split = if let Some(p) = &s.split {
         let path = if p.is_absolute() { p.clone() } else { base_dir.join(p) };
-        Split::load(&path)?
+        let mut sp = Split::load(&path)?;
+        // Keep the run record compact: the curves stay in the split file.
+        sp.details = serde_json::json!({"source": path.display().to_string()});
+        sp
     } else if let Some(b) = &s.boundaries_t {
         Split::from_t(Method::Uniform, b.clone(), &vp).map(|mut sp| {
             sp.details = serde_json::json!({"source": "explicit boundaries_t"});
