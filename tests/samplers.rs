@@ -690,3 +690,14 @@ fn bad_input_errors() {
     assert!(SamplerConfig::new(SamplerKind::Ddpm, 10).validate(&p).is_ok());
     assert!(SamplerConfig::new(SamplerKind::Ddpm, 0).validate(&p).is_err());
 }
+
+#[test]
+fn time_uniform_default_becomes_logsnr_on_edm() {
+    // On EDM t = sigma, so a time-uniform grid from 80 to 0.002 spends every step at high noise.
+    let ddim = SamplerConfig::new(SamplerKind::Ddim, 10);
+    assert_eq!(ddim.spacing_for(&vp()), Spacing::TimeUniform);
+    assert_eq!(ddim.spacing_for(&edm()), Spacing::LogSnr);
+    let explicit = SamplerConfig { spacing: Some(Spacing::TimeUniform), ..ddim.clone() };
+    assert_eq!(explicit.spacing_for(&edm()), Spacing::TimeUniform);
+    assert_eq!(SamplerConfig::new(SamplerKind::Heun, 18).spacing_for(&edm()), Spacing::Karras);
+}

@@ -300,6 +300,16 @@ impl SamplerConfig {
         self.spacing.unwrap_or(self.kind.default_spacing())
     }
 
+    /// The spacing in use on `process`: as [`Self::spacing`], except that on EDM (where t is sigma
+    /// itself, so a time-uniform grid leaves one step from sigma ~ 1 to sigma_min) an unset
+    /// time-uniform default becomes log-SNR spacing.
+    pub fn spacing_for(&self, process: &Process) -> Spacing {
+        match (self.spacing, process) {
+            (None, Process::Edm(_)) if self.kind.default_spacing() == Spacing::TimeUniform => Spacing::LogSnr,
+            _ => self.spacing(),
+        }
+    }
+
     /// `(t_end, t_start)` in use.
     pub fn range(&self, process: &Process) -> (f64, f64) {
         let (e, s) = process.default_range();
@@ -480,7 +490,7 @@ pub fn multistep_orders(order: usize, steps: usize, lower_order_final: bool) -> 
 pub fn plan(cfg: &SamplerConfig, process: &Process) -> Result<Plan> {
     cfg.validate(process)?;
     let (t_end, t_start) = cfg.range(process);
-    let spacing = cfg.spacing();
+    let spacing = cfg.spacing_for(process);
     let steps = cfg.steps;
     let jump = usize::from(cfg.denoise_to_zero);
     let pts = |n: usize| spaced_points(process, spacing, t_start, t_end, n, cfg.rho);
