@@ -92,5 +92,5 @@ pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
 /// Whether an error message is libtorch's out-of-memory error (CUDA or host allocator).
 pub fn is_oom(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("outofmemoryerror")
+    m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("not enough memory")
 }

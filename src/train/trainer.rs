@@ -233,7 +233,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
                 None => "no checkpoint was written yet".into(),
             };
             anyhow::anyhow!(
-                "out of memory at batch size {} on {device:?} (step {s}, {} precision); lower train.batch (or --batch), or use --precision bf16; {kept}\n  libtorch: {}",
+                "out of memory at batch size {} on {device:?} (step {s}, {} precision); lower train.batch (or --batch), or use --precision bf16; {kept}; libtorch: {}",
                 t.batch,
                 t.precision,
                 e.lines().next().unwrap_or("").trim()
@@ -435,4 +435,26 @@ pub fn plot_losses(run_dir: &Path) -> Result<PathBuf> {
     let path = run_dir.join("loss.png");
     p.save(&path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_becomes_an_error_naming_the_batch_and_other_panics_propagate() {
+        let oom = |m: String| anyhow::anyhow!("out of memory at batch size 64 on Cuda(0); lower train.batch; libtorch: {m}");
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let e = guard_oom(|| -> Result<()> { panic!("CUDA out of memory. Tried to allocate 2.00 GiB") }, &oom).unwrap_err();
+        assert!(e.to_string().contains("batch size 64") && e.to_string().contains("lower train.batch"), "{e}");
+        let e = guard_oom(|| -> Result<()> { bail!("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB") }, &oom).unwrap_err();
+        assert!(e.to_string().contains("batch size 64"), "{e}");
+        let e = guard_oom(|| -> Result<()> { bail!("shape mismatch") }, &oom).unwrap_err();
+        assert_eq!(e.to_string(), "shape mismatch");
+        let r = std::panic::catch_unwind(|| guard_oom(|| -> Result<()> { panic!("index out of range") }, &oom));
+        std::panic::set_hook(prev);
+        assert!(r.is_err(), "a non-OOM panic must propagate");
+        assert_eq!(guard_oom(|| Ok(3), &oom).unwrap(), 3);
+    }
 }
