@@ -76,9 +76,9 @@ run() {
 cat "$OUT/versions.txt" | tee -a "$LOG"
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 CARD="${CARD:-unknown GPU}"
-if grep -q 'not found' "$OUT/versions.txt"; then
+if grep -q '=> not found' "$OUT/versions.txt"; then
   say "gpu-check: unresolved libraries (libcuda.so.1 is expected to be missing only on a machine without a driver):"
-  grep 'not found' "$OUT/versions.txt" | tee -a "$LOG"
+  grep '=> not found' "$OUT/versions.txt" | tee -a "$LOG"
 fi
 
 # 2. The CUDA-marked tests (one thread: they share the GPU and libtorch's global RNG).

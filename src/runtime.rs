@@ -83,7 +83,10 @@ pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
     match device {
         Device::Cpu => t.to_kind(tch::Kind::Float),
         d => {
-            let host = if t.device() == Device::Cpu && !t.is_pinned(d) { t.pin_memory(d) } else { t.shallow_clone() };
+            // `_pin_memory` directly: tch's `pin_memory`/`is_pinned` always pass a device, which
+            // libtorch 2.11 warns about (deprecated) on every call. Batches are fresh host tensors,
+            // never pinned yet.
+            let host = if t.device() == Device::Cpu { t.contiguous().internal_pin_memory(d) } else { t.shallow_clone() };
             host.to_device_(d, tch::Kind::Float, true, false)
         }
     }
