@@ -15,6 +15,7 @@ training step exactly as `msdiff bench train` lays it out: random input, noise l
 Usage: reference_unet.py --preset reference-6.5m --batch 32 --repeats 3 --threads 2
 """
 import argparse
+import contextlib
 import math
 import resource
 import sys
@@ -361,7 +362,7 @@ class MultiStageUNet(nn.Module):
         for j, g in enumerate(groups_):
             if len(g) == b:  # everything in one stage: no gather/scatter
                 return self.forward_stage(x, label, j)
-        out = torch.zeros_like(x)
+        out = None  # allocated in the decoders' dtype (bf16 under autocast)
         temb = self.embed(label)
         h, skips = self.encoder(x, temb)
         for j, g in enumerate(groups_):
@@ -370,6 +371,8 @@ class MultiStageUNet(nn.Module):
             idx = torch.tensor(g, dtype=torch.int64, device=x.device)
             sel = lambda t: t.index_select(0, idx)  # noqa: E731
             y = self.decoders[j](sel(h), [sel(s) for s in skips], sel(temb))
+            if out is None:
+                out = y.new_zeros((b,) + tuple(y.shape[1:]))
             out = out.index_copy(0, idx, y)
         return out
 
@@ -395,12 +398,22 @@ def main():
     ap.add_argument("--phases", action="store_true",
                     help="profile: time forward (no grad), forward + backward, and Adam alone (for-loop and foreach)")
     ap.add_argument("--count-only", action="store_true", help="check the parameter count and exit")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast(bfloat16) around the forward pass, loss in fp32 (PyTorch's own mixed precision)")
+    ap.add_argument("--sample-nfe", type=int, default=0,
+                    help="time sampling instead: this many no-grad network evaluations over t from 1 to 1e-3, "
+                         "stages cut at t = 0.442, 0.631 for 3-stage models (as `msdiff bench sample`)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = preset(a.preset)
     net = MultiStageUNet(cfg)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    net = net.to(dev)
     n_params = sum(p.numel() for p in net.parameters())
     expect = a.expect_params if a.expect_params is not None else MSDIFF_PARAMS.get(a.preset)
     if expect is None:
@@ -412,26 +425,44 @@ def main():
         return
 
     b, c, r, k = a.batch, cfg["in_channels"], cfg["resolution"], len(cfg["decoder_channels"])
-    x = torch.randn(b, c, r, r)
-    label = torch.tensor([999.0 * (i + 0.5) / b for i in range(b)], dtype=torch.float32)
-    stage = torch.tensor([i * k // b for i in range(b)], dtype=torch.int64)
+    x = torch.randn(b, c, r, r).to(dev)
+    label = torch.tensor([999.0 * (i + 0.5) / b for i in range(b)], dtype=torch.float32).to(dev)
+    stage = torch.tensor([i * k // b for i in range(b)], dtype=torch.int64).to(dev)
     target = torch.randn_like(x)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "bf16" else contextlib.nullcontext
+    print(f"device {dev}, precision {a.precision}"
+          + (f", {torch.cuda.get_device_name(dev)}, CUDA {torch.version.cuda}" if dev.type == "cuda" else ""))
     net.train()
     foreach = {"default": None, "on": True, "off": False}[a.foreach]
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=foreach)
     params = list(net.parameters())
 
+    cuts = [0.442, 0.631] if k == 3 else [j / k for j in range(1, k)]
+    grid = [1.0 - (1.0 - 1e-3) * i / (max(a.sample_nfe, 2) - 1) for i in range(a.sample_nfe)]
+
     def step():
+        if a.sample_nfe > 0:
+            with torch.no_grad(), amp():
+                for t in grid:
+                    st = sum(1 for cut in cuts if t >= cut)
+                    net(x, torch.full((b,), 999.0 * t, device=dev), torch.full((b,), st, dtype=torch.int64, device=dev))
+            sync()
+            return
         if a.forward_only:
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 net(x, label, stage)
+            sync()
             return
         opt.zero_grad(set_to_none=True)
-        loss = (net(x, label, stage) - target).square().mean()
+        with amp():
+            out = net(x, label, stage)
+        loss = (out.float() - target).square().mean()
         loss.backward()
         if a.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
         opt.step()
+        sync()
 
     if a.phases:
         def med(f, n):
@@ -466,10 +497,13 @@ def main():
         step()
         times.append(time.perf_counter() - t)
     med = sorted(times)[len(times) // 2]  # same rule as msdiff's median (upper median)
-    what = "forward (no grad)" if a.forward_only else "train step (forward + backward + Adam)"
+    what = (f"sampling ({a.sample_nfe} NFE)" if a.sample_nfe > 0 else
+            "forward (no grad)" if a.forward_only else "train step (forward + backward + Adam)")
     print(f"{what}: median {med:.3f} s over {a.repeats} ({b / med:.1f} images/s); all: "
           + ", ".join(f"{t:.3f}" for t in times))
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if dev.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

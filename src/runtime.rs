@@ -1,6 +1,6 @@
 //! Devices and threads.
 use anyhow::{bail, Result};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// Set libtorch's intra-op thread count (`0` = all cores).
 pub fn set_threads(n: usize) {
@@ -30,4 +30,70 @@ fn cuda(n: usize) -> Result<Device> {
         bail!("--device cuda:{n}: only {count} CUDA device(s) present");
     }
     Ok(Device::Cuda(n))
+}
+
+/// Numeric precision of a network's forward and backward passes.
+///
+/// `bf16`: the network's weights and activations are bfloat16; training keeps fp32 master weights,
+/// fp32 Adam moments and an fp32 EMA, and computes the loss in fp32 (tch has no autocast, so this is
+/// the whole-network form of it). Checkpoints always hold fp32 weights, so fp32 and bf16 runs and
+/// checkpoints are interchangeable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    /// The kind of the network's weights and activations.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => bail!("unknown precision '{s}' (expected fp32 or bf16)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Move a host batch to `device` (as f32). On CUDA the host tensor is pinned and the copy is
+/// non-blocking (ordered on the current stream before any kernel that reads it); on the CPU it is
+/// returned as is.
+pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu => t.to_kind(tch::Kind::Float),
+        d => {
+            // `_pin_memory` directly: tch's `pin_memory`/`is_pinned` always pass a device, which
+            // libtorch 2.11 warns about (deprecated) on every call. Batches are fresh host tensors,
+            // never pinned yet.
+            let host = if t.device() == Device::Cpu { t.contiguous().internal_pin_memory(d) } else { t.shallow_clone() };
+            host.to_device_(d, tch::Kind::Float, true, false)
+        }
+    }
+}
+
+/// Whether an error message is libtorch's out-of-memory error (CUDA or host allocator).
+pub fn is_oom(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("not enough memory")
 }

@@ -2,6 +2,7 @@
 //! Every benchmark prints the machine, the median of several repeats and, where there is one,
 //! the reference measured in the same run.
 use super::args::Global;
+use crate::runtime::Precision;
 use crate::data::{self, LoadOptions};
 use crate::denoiser::model::StagedNetwork;
 use crate::denoiser::OptimalDenoiser;
@@ -22,6 +23,9 @@ pub struct BenchArgs {
     /// Repeats; the median is reported.
     #[arg(long, global = true, default_value_t = 5)]
     pub repeats: usize,
+    /// Network precision for train/sample: fp32 or bf16 (bf16 network, fp32 masters and Adam).
+    #[arg(long, global = true, default_value = "fp32")]
+    pub precision: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,11 +88,15 @@ fn machine() -> String {
 
 pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     let device = g.device()?;
-    println!("machine: {} ({device:?})", machine());
+    let precision: Precision = a.precision.parse()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    println!("machine: {} ({device:?}, {precision})", machine());
     match a.what {
         What::Optimal { data, queries } => bench_optimal(&data, queries, a.repeats, device),
-        What::Train { preset, batch } => bench_train(&preset, batch, a.repeats, device),
-        What::Sample { presets, batch, nfe } => bench_sample(&presets, batch, nfe, a.repeats, device),
+        What::Train { preset, batch } => bench_train(&preset, batch, a.repeats, device, precision),
+        What::Sample { presets, batch, nfe } => bench_sample(&presets, batch, nfe, a.repeats, device, precision),
     }?;
     Ok(0)
 }
@@ -143,18 +151,23 @@ fn preset_input(cfg: &UNetConfig, batch: usize, device: Device) -> (Tensor, Tens
     (x, label, stage)
 }
 
-fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device) -> Result<()> {
+fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device, precision: Precision) -> Result<()> {
     let cfg = UNetConfig::preset(preset)?;
     tch::manual_seed(0);
-    let net = Network::new(&cfg, device)?;
+    let mut net = Network::new(&cfg, device)?;
+    // As the trainer: in bf16, Adam updates fp32 masters and the network gets a bf16 copy.
+    let mixed = precision != Precision::Fp32;
+    let masters: Vec<(String, Tensor)> =
+        if mixed { net.params().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() } else { net.params() };
+    net.set_precision(precision);
     let params = net.params();
-    let mut opt = Adam::new(OptimConfig { warmup_steps: 0, ..Default::default() }, &params);
+    let mut opt = Adam::new(OptimConfig { warmup_steps: 0, ..Default::default() }, &masters);
     let (x, label, stage) = preset_input(&cfg, batch, device);
     let target = x.randn_like();
     println!("network: {preset}, {} parameters, batch {batch}, samples spread over {} stage(s)", net.num_params(), cfg.num_stages());
     let mut failed = None;
     let secs = time(repeats, || {
-        let out = match net.net.forward(&x, &label, &stage, true) {
+        let out = match net.net.forward_staged(&x, &label, &stage, true) {
             Ok(o) => o,
             Err(e) => {
                 failed = Some(e);
@@ -163,9 +176,14 @@ fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device) -> Re
         };
         let loss = (out - &target).square().mean(Kind::Float);
         let grads = gradients(&loss, &params).expect("gradients");
-        opt.step(&params, &grads, 1e-4).expect("adam step");
-        if let Device::Cuda(_) = device {
-            tch::Cuda::synchronize(0);
+        let grads: Vec<Tensor> =
+            if mixed { grads.iter().map(|g| if g.defined() { g.to_kind(Kind::Float) } else { Tensor::new() }).collect() } else { grads };
+        opt.step(&masters, &grads, 1e-4).expect("adam step");
+        if mixed {
+            crate::train::checkpoint::copy_into(&params, &masters, "bf16 weights").expect("bf16 copy");
+        }
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
         }
     });
     if let Some(e) = failed {
@@ -178,11 +196,12 @@ fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device) -> Re
     Ok(())
 }
 
-fn bench_sample(presets: &str, batch: usize, nfe: usize, repeats: usize, device: Device) -> Result<()> {
+fn bench_sample(presets: &str, batch: usize, nfe: usize, repeats: usize, device: Device, precision: Precision) -> Result<()> {
     for preset in presets.split(',').map(str::trim) {
         let cfg = UNetConfig::preset(preset)?;
         tch::manual_seed(0);
-        let net = Network::new(&cfg, device)?;
+        let mut net = Network::new(&cfg, device)?;
+        net.set_precision(precision);
         // One network evaluation per NFE; stages follow the paper's cuts (0.442, 0.631) for
         // 3-stage models, so each evaluation runs the decoder of its noise level.
         let vp = ProcessConfig::default().build()?;
@@ -202,6 +221,9 @@ fn bench_sample(presets: &str, batch: usize, nfe: usize, repeats: usize, device:
                 let _ = net.net.forward_staged(&x, &label, &stage, false).expect("forward");
             }
             let _ = vp.sigma(0.5);
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
         });
         println!(
             "{preset}: {} params, {nfe} NFE x batch {batch}: {secs:.3} s, {:.1} images/s",

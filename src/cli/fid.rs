@@ -165,6 +165,9 @@ pub struct EvalArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub raw: bool,
+    /// Network precision: fp32 or bf16 (bf16 weights and activations; noise, solver and output in f32).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Append the result as a JSON line to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -202,7 +205,7 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     ensure!(!seeds.is_empty(), "--n must be > 0");
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
-    let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?;
+    let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(a.precision.parse()?);
     let t0 = std::time::Instant::now();
     let (x, nfe) = sample_checkpoint(&l, &sampler, &seeds, a.batch, device, g.quiet)?;
     let sample_s = t0.elapsed().as_secs_f64();

@@ -41,6 +41,9 @@ pub struct SampleArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub raw: bool,
+    /// Network precision: fp32 or bf16 (bf16 weights and activations; noise, solver and output in f32).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Output folder: samples.npy, grid.png, images/NNNNNN.png.
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
@@ -77,7 +80,7 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
         let process = ProcessConfig::from_name(&a.process)?.build()?;
         Source::Optimal(OptimalDenoiser::new(&ds.images, device)?, ds.images.shallow_clone(), process)
     } else {
-        let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?;
+        let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?.with_precision(a.precision.parse()?);
         eprintln!(
             "msdiff: checkpoint at step {} ({} weights, {} stage(s))",
             l.step,

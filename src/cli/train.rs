@@ -31,6 +31,9 @@ pub struct TrainArgs {
     /// Override train.seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Override train.precision: fp32 or bf16 (a run may resume in either; checkpoints hold fp32).
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Do not write sample grids.
     #[arg(long)]
     pub no_samples: bool,
@@ -76,6 +79,9 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     }
     if let Some(s) = a.seed {
         cfg.train.seed = s;
+    }
+    if let Some(p) = &a.precision {
+        cfg.train.precision = p.parse()?;
     }
     if cfg.train.steps == 0 || cfg.train.batch == 0 {
         bail!("train.steps and train.batch must be > 0");

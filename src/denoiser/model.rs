@@ -92,8 +92,14 @@ impl Denoiser for ModelDenoiser<'_> {
 }
 
 impl StagedNetwork for crate::nn::MultiStageUNet {
+    /// Mixed precision: the input is cast to the weights' kind (bf16) and the output back to the
+    /// input's kind, so callers see f32 (or f64) in and out whatever the network runs in.
     fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward(x, noise_label, stage, train)
+        let k = self.kind();
+        if x.kind() == k {
+            return self.forward(x, noise_label, stage, train);
+        }
+        Ok(self.forward(&x.to_kind(k), noise_label, stage, train)?.to_kind(x.kind()))
     }
     fn num_stages(&self) -> usize {
         crate::nn::MultiStageUNet::num_stages(self)

@@ -47,6 +47,11 @@ impl TimeEmbedding {
         Self { dense0, dense1, cfg }
     }
 
+    /// The kind of the weights.
+    pub fn kind(&self) -> Kind {
+        self.dense0.weight.kind()
+    }
+
     /// `noise_label: [B]` -> `[B, temb_dim]`.
     pub fn forward(&self, noise_label: &Tensor) -> Tensor {
         let e = sinusoidal(noise_label, self.cfg.embedding_dim).to_kind(self.dense0.weight.kind());

@@ -327,6 +327,11 @@ pub struct MultiStageUNet {
 }
 
 impl MultiStageUNet {
+    /// The kind of the network's weights (f32, or bf16 for mixed precision).
+    pub fn kind(&self) -> tch::Kind {
+        self.trunks[0].embed.kind()
+    }
+
     /// Builds the network's variables under `vs` (see the module docs for their names).
     pub fn new(vs: &Path, cfg: &UNetConfig) -> Result<Self> {
         cfg.validate()?;

@@ -82,6 +82,9 @@ pub struct LoopConfig {
     pub sample_every: u64,
     /// Images in each sample grid. Default 36.
     pub sample_count: usize,
+    /// Training precision: `fp32` or `bf16` (bf16 network, fp32 master weights, Adam state, EMA
+    /// and loss). Default fp32.
+    pub precision: crate::runtime::Precision,
     /// Sampler for the grids. Default DPM-Solver-3, 20 NFE (the paper's VP sampler); Heun 18
     /// steps for EDM.
     pub sampler: Option<SamplerConfig>,
@@ -99,6 +102,7 @@ impl Default for LoopConfig {
             sample_every: 0,
             sample_count: 36,
             sampler: None,
+            precision: Default::default(),
         }
     }
 }

@@ -28,6 +28,14 @@ impl Network {
         v
     }
 
+    /// Cast the weights to `p`'s kind (bf16: for sampling, or the training copy of fp32 masters).
+    pub fn set_precision(&mut self, p: crate::runtime::Precision) {
+        match p {
+            crate::runtime::Precision::Fp32 => self.vs.float(),
+            crate::runtime::Precision::Bf16 => self.vs.bfloat16(),
+        }
+    }
+
     pub fn num_params(&self) -> i64 {
         self.params().iter().map(|(_, t)| t.numel() as i64).sum()
     }
@@ -49,6 +57,12 @@ impl Loaded {
         let params = network.params();
         checkpoint::copy_into(&params, if ema { &t.ema } else { &t.model }, if ema { "EMA weights" } else { "weights" })?;
         Ok(Loaded { network, config: state.config, step: state.step, ema })
+    }
+
+    /// Run the network in `p` (inputs are cast to it inside the denoiser, outputs back to f32).
+    pub fn with_precision(mut self, p: crate::runtime::Precision) -> Self {
+        self.network.set_precision(p);
+        self
     }
 
     pub fn denoiser(&self) -> Result<ModelDenoiser<'_>> {

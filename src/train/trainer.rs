@@ -13,7 +13,8 @@ use super::network::Network;
 use super::objective::StageSampler;
 use super::optim::{gradients, Adam};
 use crate::data::Dataset;
-use crate::denoiser::model::{conditioning, ModelDenoiser};
+use crate::denoiser::model::{conditioning, ModelDenoiser, StagedNetwork};
+use crate::runtime::{batch_to_device, is_oom, Precision};
 use crate::denoiser::per_sample;
 use crate::rng::{Rng, SampleStreams};
 use anyhow::{bail, ensure, Context, Result};
@@ -121,20 +122,29 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
     crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
-    // Model, EMA, optimiser: fresh or from the checkpoint.
-    let (model, ema_net) = {
+    // Model, EMA, optimiser: fresh or from the checkpoint. `masters` are the trained fp32
+    // weights (Adam updates them, the EMA follows them, checkpoints store them); in fp32 they are
+    // the model's own variables, in bf16 the model holds a bf16 copy refreshed after every step.
+    let (mut model, ema_net) = {
         let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed((t.seed ^ INIT_STREAM) as i64);
         (Network::new(&cfg.model, device)?, Network::new(&cfg.model, device)?)
     };
+    let mixed = t.precision != Precision::Fp32;
+    let masters: Vec<(String, Tensor)> = if mixed {
+        model.params().into_iter().map(|(n, p)| (n, p.detach().copy())).collect()
+    } else {
+        model.params()
+    };
+    model.set_precision(t.precision);
     let params = model.params();
     let ema_params = ema_net.params();
-    let mut adam = Adam::new(cfg.optim.clone(), &params);
+    let mut adam = Adam::new(cfg.optim.clone(), &masters);
     let mut start_step = 0u64;
     if let Some(r) = &opts.resume {
         let (state, tensors) = checkpoint::load(r)?;
         check_resumable(&state.config, cfg)?;
-        checkpoint::copy_into(&params, &tensors.model, "weights")?;
+        checkpoint::copy_into(&masters, &tensors.model, "weights")?;
         checkpoint::copy_into(&ema_params, &tensors.ema, "EMA weights")?;
         let ms: Vec<(String, Tensor)> = adam.state.iter().map(|(n, s)| (n.clone(), s.0.shallow_clone())).collect();
         let vs: Vec<(String, Tensor)> = adam.state.iter().map(|(n, s)| (n.clone(), s.1.shallow_clone())).collect();
@@ -146,7 +156,10 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         start_step = state.step;
         ensure!(start_step <= t.steps, "the checkpoint is at step {start_step}, beyond train.steps = {}", t.steps);
     } else {
-        checkpoint::copy_into(&ema_params, &params, "initial weights")?;
+        checkpoint::copy_into(&ema_params, &masters, "initial weights")?;
+    }
+    if mixed {
+        checkpoint::copy_into(&params, &masters, "bf16 weights")?;
     }
 
     let ckpt_dir = opts.run_dir.join("checkpoints");
@@ -159,7 +172,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             rng: RngState { seed: t.seed, next_step: step + 1 },
         };
         let tensors = Tensors {
-            model: params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+            model: masters.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
             ema: ema_params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
             adam_m: adam.state.iter().map(|(n, s)| (n.clone(), s.0.shallow_clone())).collect(),
             adam_v: adam.state.iter().map(|(n, s)| (n.clone(), s.1.shallow_clone())).collect(),
@@ -205,8 +218,8 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             x0 = &x0 * (1.0 - &fl) + x0.flip([3]) * &fl;
         }
         let draws = stages.draw(t.batch, &mut rng)?;
-        let z = rng.randn(&[t.batch as i64, c, h, w], Kind::Float).to_device(device);
-        let x0 = x0.to_device(device);
+        let z = batch_to_device(&rng.randn(&[t.batch as i64, c, h, w], Kind::Float), device);
+        let x0 = batch_to_device(&x0, device);
         let cond = conditioning(&process, &cfg.prediction, &cfg.boundaries_sigma(), &draws.sigma, device);
         // The stage ids come from the draws (identical to routing by sigma; asserted in tests).
         let stage_ids = Tensor::from_slice(&draws.stage).to_device(device);
@@ -214,15 +227,34 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let alpha = per_sample(&cond.alpha, 4);
         let xt = &x0 + &z * &sig;
         let input = &xt * per_sample(&cond.input_scale, 4);
-        let out = {
-            let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-            tch::manual_seed(dropout_seed(t.seed, s));
-            model.net.forward(&input, &cond.label, &stage_ids, true)?
+        let oom = |e: String| -> anyhow::Error {
+            let kept = match &last_ckpt {
+                Some(p) => format!("the last checkpoint {} is intact", p.display()),
+                None => "no checkpoint was written yet".into(),
+            };
+            anyhow::anyhow!(
+                "out of memory at batch size {} on {device:?} (step {s}, {} precision); lower train.batch (or --batch), or use --precision bf16; {kept}; libtorch: {}",
+                t.batch,
+                t.precision,
+                e.lines().next().unwrap_or("").trim()
+            )
         };
-        let target = cfg.prediction.target(&x0, &z, &xt, &sig, &alpha);
-        let per = (&out - &target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
-        let loss = per.mean(Kind::Float);
-        let lv = loss.double_value(&[]);
+        // The forward pass and the loss in f32 (a bf16 network's output is cast back to f32).
+        let (per, loss, lv) = guard_oom(
+            || {
+                let out = {
+                    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                    tch::manual_seed(dropout_seed(t.seed, s));
+                    model.net.forward_staged(&input, &cond.label, &stage_ids, true)?
+                };
+                let target = cfg.prediction.target(&x0, &z, &xt, &sig, &alpha);
+                let per = (&out - &target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
+                let loss = per.mean(Kind::Float);
+                let lv = loss.double_value(&[]);
+                Ok((per, loss, lv))
+            },
+            &oom,
+        )?;
         if !lv.is_finite() {
             bar.abandon();
             let hint = match &last_ckpt {
@@ -231,9 +263,17 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             };
             bail!("the loss became {lv} at step {s}; training stopped ({hint}); try a lower optim.lr or stronger optim.grad_clip");
         }
-        let grads = gradients(&loss, &params)?;
-        let info = adam.step(&params, &grads, cfg.optim.lr_at(s)).with_context(|| format!("at step {s}"))?;
-        ema::update(&ema_params, &params, decay);
+        let grads = guard_oom(|| gradients(&loss, &params), &oom)?;
+        drop(loss);
+        // bf16: Adam updates the fp32 masters from fp32-cast gradients, then the model gets a copy.
+        let grads: Vec<Tensor> =
+            if mixed { grads.iter().map(|g| if g.defined() { g.to_kind(Kind::Float) } else { Tensor::new() }).collect() } else { grads };
+        let info = adam.step(&masters, &grads, cfg.optim.lr_at(s)).with_context(|| format!("at step {s}"))?;
+        drop(grads);
+        if mixed {
+            checkpoint::copy_into(&params, &masters, "bf16 weights")?;
+        }
+        ema::update(&ema_params, &masters, decay);
         step = s;
 
         // Logging.
@@ -279,6 +319,30 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let _ = plot_losses(&opts.run_dir);
     }
     Ok(TrainOutcome { step, checkpoint: ckpt, interrupted, losses, seconds: began.elapsed().as_secs_f64() })
+}
+
+/// Run `f`, turning a libtorch out-of-memory failure (an error, or a panic from an infallible tch
+/// call) into `oom(message)`; other panics propagate unchanged.
+fn guard_oom<T>(f: impl FnOnce() -> Result<T>, oom: &dyn Fn(String) -> anyhow::Error) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let msg = format!("{e:#}");
+            Err(if is_oom(&msg) { oom(msg) } else { e })
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            if is_oom(&msg) {
+                Err(oom(msg))
+            } else {
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
 }
 
 fn dropout_seed(seed: u64, step: u64) -> i64 {
@@ -371,4 +435,26 @@ pub fn plot_losses(run_dir: &Path) -> Result<PathBuf> {
     let path = run_dir.join("loss.png");
     p.save(&path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_becomes_an_error_naming_the_batch_and_other_panics_propagate() {
+        let oom = |m: String| anyhow::anyhow!("out of memory at batch size 64 on Cuda(0); lower train.batch; libtorch: {m}");
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let e = guard_oom(|| -> Result<()> { panic!("CUDA out of memory. Tried to allocate 2.00 GiB") }, &oom).unwrap_err();
+        assert!(e.to_string().contains("batch size 64") && e.to_string().contains("lower train.batch"), "{e}");
+        let e = guard_oom(|| -> Result<()> { bail!("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB") }, &oom).unwrap_err();
+        assert!(e.to_string().contains("batch size 64"), "{e}");
+        let e = guard_oom(|| -> Result<()> { bail!("shape mismatch") }, &oom).unwrap_err();
+        assert_eq!(e.to_string(), "shape mismatch");
+        let r = std::panic::catch_unwind(|| guard_oom(|| -> Result<()> { panic!("index out of range") }, &oom));
+        std::panic::set_hook(prev);
+        assert!(r.is_err(), "a non-OOM panic must propagate");
+        assert_eq!(guard_oom(|| Ok(3), &oom).unwrap(), 3);
+    }
 }
