@@ -1,60 +1,15 @@
 //! bf16 mixed precision on the CPU: training learns, resume is exact, samples stay close to fp32.
-use msdiff::data::{self, Dataset, LoadOptions};
+mod common;
+use common::{all_tensors, opts, tmp};
+use msdiff::data::Dataset;
 use msdiff::runtime::Precision;
 use msdiff::train::network::Loaded;
-use msdiff::train::{checkpoint, trainer, ResolvedConfig, TrainConfig, TrainOptions};
-use std::path::{Path, PathBuf};
+use msdiff::train::{trainer, ResolvedConfig, TrainConfig};
 use tch::{Device, Kind};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("msdiff-precision-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
+/// The shared tiny configuration with `steps` and `precision` set.
 fn setup(steps: u64, precision: &str) -> (ResolvedConfig, Dataset) {
-    let text = format!(
-        r#"
-[data]
-spec = "builtin"
-count = 256
-[model]
-preset = "tiny"
-dropout = 0.1
-[stages]
-boundaries_t = [0.3, 0.6]
-[optim]
-lr = 1e-3
-warmup_steps = 2
-[ema]
-decay = 0.9
-[train]
-batch = 8
-steps = {steps}
-checkpoint_every = 2
-keep_last = 10
-log_every = 1
-precision = "{precision}"
-"#
-    );
-    let tc = TrainConfig::from_toml(&text, "test").unwrap();
-    let ds = data::load("builtin", &LoadOptions { count: 256, ..Default::default() }).unwrap();
-    let cfg = tc.resolve(Path::new("."), ds.image_shape()).unwrap();
-    (cfg, ds)
-}
-
-fn opts(run: &Path, resume: Option<PathBuf>, stop_after: Option<u64>) -> TrainOptions {
-    TrainOptions { run_dir: run.to_path_buf(), resume, device: Device::Cpu, progress: false, stop_after, write_samples: false }
-}
-
-fn all_tensors(ck: &Path) -> Vec<(String, tch::Tensor)> {
-    let (_, t) = checkpoint::load(ck).unwrap();
-    let mut v = Vec::new();
-    for (p, g) in [("model", t.model), ("ema", t.ema), ("m", t.adam_m), ("v", t.adam_v)] {
-        v.extend(g.into_iter().map(|(n, x)| (format!("{p}.{n}"), x)));
-    }
-    v
+    common::setup(&format!("steps = {steps}\nprecision = \"{precision}\""))
 }
 
 #[test]
