@@ -25,7 +25,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo")]
     pub out: PathBuf,
     /// Training steps (the default fits the whole demo in about 5 minutes on 2 CPU cores).
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 750)]
     pub steps: u64,
     /// Monte-Carlo samples for the clustering.
     #[arg(long, default_value_t = 2000)]
@@ -158,14 +158,14 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let first = tr.losses.first().map(|l| l.1).unwrap_or(f64::NAN);
     let last = tr.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     writeln!(report, "Everything below was produced by `msdiff demo` in {:.0} s ({} threads, {device:?}).\n", began.elapsed().as_secs_f64(), tch::get_num_threads())?;
-    writeln!(report, "## Data\n\n{} procedural 16x16 grey shapes (disks, rings, squares, bars), seed {}: `data.png`.\n", ds.len(), a.seed)?;
+    writeln!(report, "## Data\n\n{} procedural 16x16 grey shapes (disks, rings, squares, crosses, bars), seed {}: `data.png`.\n", ds.len(), a.seed)?;
     writeln!(report, "## Stage boundaries (Algorithm 1)\n")?;
     writeln!(report, "Optimal-denoiser clustering with K = {}, eta = 2/255 on [0,1] data, alpha = {} ({cluster_s:.1} s): `split.png`, `split.json`.\n", opts.samples, opts.alpha)?;
     writeln!(report, "| cut | t (VP) | sigma (EDM) | DDPM step |\n|---|---|---|---|")?;
     for i in 0..2 {
         writeln!(report, "| t{} | {:.4} | {:.4} | {:.0} |", i + 1, split.boundaries_t[i], split.boundaries_sigma[i], split.boundaries_ddpm_step[i])?;
     }
-    writeln!(report, "\nThe paper's CIFAR-10 cuts are 0.442 / 0.631: simple shapes are identified from noisier samples, so the cuts sit later.\n")?;
+    writeln!(report, "\nFor comparison, the paper's CIFAR-10 cuts are 0.442 / 0.631. Here they sit earlier: 10,000 shapes drawn from a low-dimensional family have close neighbours, so the posterior leaves the true image, and reaches the data mean, at lower noise (as on Fashion-MNIST, docs/CLUSTERING.md).\n")?;
     writeln!(report, "## Model\n\n```\n{report_model}\n```\n")?;
     writeln!(report, "## Training\n\nEDM objective (preconditioning with sigma_data 0.5, ln sigma ~ N(-1.2, 1.2^2) restricted to each stage, stages drawn uniformly per sample, each sample routed to its stage's decoder). {} steps, batch {}, Adam lr {} ({} warm-up steps), EMA {}; {train_s:.0} s ({:.1} steps/s). Loss {first:.4} -> {last:.4}: `loss.png`.\n",
         a.steps, cfg.train.batch, cfg.optim.lr, cfg.optim.warmup_steps, cfg.ema.decay.unwrap_or(0.0), a.steps as f64 / train_s)?;
