@@ -157,7 +157,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     )
     .unwrap();
     let run = d.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msdiff"))
+    let child = Command::new(env!("CARGO_BIN_EXE_msdiff"))
         .args(["--quiet", "--threads", "1", "train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
