@@ -510,6 +510,18 @@ impl Plot {
         self
     }
 
+    /// A series' points in pixel coordinates; `None` where a point cannot be drawn (non-finite,
+    /// or y <= 0 on a log axis), which breaks the line there.
+    fn pixel_points(&self, s: &Series, px: &dyn Fn(f64) -> f64, py: &dyn Fn(f64) -> f64) -> Vec<Option<(f64, f64)>> {
+        s.pts
+            .iter()
+            .map(|&(x, y)| match (x.is_finite(), self.ty(y)) {
+                (true, Some(y)) => Some((px(x), py(y))),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn ty(&self, y: f64) -> Option<f64> {
         if !y.is_finite() {
             None
@@ -666,14 +678,7 @@ impl Plot {
             }
         }
         for s in &self.series {
-            let pts: Vec<Option<(f64, f64)>> = s
-                .pts
-                .iter()
-                .map(|&(x, y)| match (x.is_finite(), self.ty(y)) {
-                    (true, Some(y)) => Some((px(x), py(y))),
-                    _ => None,
-                })
-                .collect();
+            let pts = self.pixel_points(s, &px, &py);
             if s.style != Style::Points {
                 for win in pts.windows(2) {
                     if let (Some(p), Some(q)) = (win[0], win[1]) {
@@ -773,14 +778,7 @@ impl Plot {
         // Points along the drawn data (segments sampled every ~3 px), in pixel coordinates.
         let mut samples: Vec<(f64, f64)> = Vec::new();
         for s in &self.series {
-            let pts: Vec<Option<(f64, f64)>> = s
-                .pts
-                .iter()
-                .map(|&(x, y)| match (x.is_finite(), self.ty(y)) {
-                    (true, Some(y)) => Some((px(x), py(y))),
-                    _ => None,
-                })
-                .collect();
+            let pts = self.pixel_points(s, px, py);
             for (i, p) in pts.iter().enumerate() {
                 let Some(p) = *p else { continue };
                 samples.push(p);
