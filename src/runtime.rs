@@ -97,3 +97,16 @@ pub fn is_oom(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("not enough memory")
 }
+
+/// A progress bar with rate and ETA, used by every long job (hidden when `quiet`; indicatif also
+/// hides it when stderr is not a terminal).
+pub fn progress_bar(len: u64, prefix: &str, quiet: bool) -> indicatif::ProgressBar {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}

@@ -123,17 +123,7 @@ pub fn parse_number(s: &str) -> Result<f64> {
     s.trim().parse().with_context(|| format!("bad number '{s}'"))
 }
 
-/// A progress bar with rate and ETA (hidden when `quiet` or stderr is not a terminal).
-pub fn progress(len: u64, prefix: &str, quiet: bool) -> indicatif::ProgressBar {
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
-}
+pub use crate::runtime::progress_bar as progress;
 
 #[cfg(test)]
 mod tests {

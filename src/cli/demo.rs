@@ -8,7 +8,6 @@ use crate::cluster::optimal::{agreement_curves, algorithm1_cuts, stage_cuts, Opt
 use crate::cluster::{Method, Split};
 use crate::data::{self, LoadOptions};
 use crate::process::ProcessConfig;
-use crate::rng::SampleStreams;
 use crate::sampler::{SamplerConfig, SamplerKind};
 use crate::train::network::Loaded;
 use crate::train::{trainer, TrainConfig, TrainOptions};
@@ -17,7 +16,7 @@ use clap::Args;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::{Device, Kind};
+
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -143,10 +142,8 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let sampler = SamplerConfig::new(SamplerKind::Heun, 18);
     let process = cfg.process.build()?;
     let seeds: Vec<u64> = (0..a.samples as u64).collect();
-    let mut streams = SampleStreams::from_seeds(&seeds);
-    let noise = streams.randn(&[1, 16, 16], Kind::Float).to_device(device);
-    let s = crate::sampler::sample(&sampler, &den, &process, &noise, &mut streams)?;
-    let x = s.x.to_device(Device::Cpu).to_kind(Kind::Float);
+    let s = crate::sampler::sample_seeds(&sampler, &den, &process, &[1, 16, 16], &seeds, seeds.len(), None, device, |_| {})?;
+    let x = s.x;
     super::sample::write_outputs(&out.join("samples"), &x, false)?;
     let cols = (a.samples as f64).sqrt().ceil() as usize;
     crate::io::image::write_grid(&out.join("samples.png"), &zoom(&x.clamp(-1.0, 1.0)), cols.max(1), 4)?;

@@ -3,13 +3,12 @@
 use super::args::{parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::fid::{self, FidInception, FidStats};
-use crate::rng::SampleStreams;
 use crate::train::network::Loaded;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Where the weights are looked for when --weights is not given.
 fn default_weights() -> PathBuf {
@@ -181,18 +180,9 @@ pub fn sample_checkpoint(l: &Loaded, sampler: &crate::sampler::SamplerConfig, se
     let m = &l.config.model;
     let item = [m.in_channels as i64, m.resolution as i64, m.resolution as i64];
     let bar = progress(seeds.len() as u64, "sample", quiet);
-    let mut outs = Vec::new();
-    let mut nfe = 0;
-    for chunk in seeds.chunks(batch.max(1)) {
-        let mut streams = SampleStreams::from_seeds(chunk);
-        let noise = streams.randn(&item, Kind::Float).to_device(device);
-        let s = crate::sampler::sample(sampler, &den, &process, &noise, &mut streams)?;
-        nfe = s.nfe;
-        outs.push(s.x.to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0));
-        bar.inc(chunk.len() as u64);
-    }
+    let s = crate::sampler::sample_seeds(sampler, &den, &process, &item, seeds, batch, None, device, |k| bar.set_position(k as u64))?;
     bar.finish_and_clear();
-    Ok((Tensor::cat(&outs, 0), nfe))
+    Ok((s.x.clamp(-1.0, 1.0), s.nfe))
 }
 
 pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {

@@ -3,12 +3,11 @@ use super::args::{parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
 use crate::process::{Process, ProcessConfig};
-use crate::rng::SampleStreams;
 use crate::train::network::Loaded;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
@@ -107,25 +106,11 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     }
     let n = seeds.len();
     let bar = progress(n as u64, "sample", g.quiet);
-    let mut outs = Vec::new();
-    let mut nfe = 0;
-    let mut start = 0;
-    while start < n {
-        let len = a.batch.min(n - start);
-        let mut streams = SampleStreams::from_seeds(&seeds[start..start + len]);
-        let noise_cpu = streams.randn(&item, Kind::Float);
-        let noise = match &init {
-            Some(t) => t.narrow(0, start as i64, len as i64).to_kind(Kind::Float),
-            None => noise_cpu,
-        };
-        let out = crate::sampler::sample(&sampler, den, &process, &noise.to_device(device), &mut streams)?;
-        nfe = out.nfe;
-        outs.push(out.x.to_device(Device::Cpu).to_kind(Kind::Float));
-        start += len;
-        bar.set_position(start as u64);
-    }
+    let out = crate::sampler::sample_seeds(&sampler, den, &process, &item, &seeds, a.batch, init.as_ref(), device, |k| {
+        bar.set_position(k as u64)
+    })?;
     bar.finish_and_clear();
-    let x = Tensor::cat(&outs, 0);
+    let (x, nfe) = (out.x, out.nfe);
     let finite = x.isfinite().all().int64_value(&[]) == 1;
     if !finite {
         bail!("the samples contain NaN or infinite values; nothing was written");

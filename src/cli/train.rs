@@ -53,21 +53,22 @@ pub fn load_data(d: &DataConfig) -> Result<Dataset> {
 }
 
 pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
-    let (mut cfg, run_dir): (ResolvedConfig, PathBuf) = match (&a.config, &a.resume) {
+    // With --config the dataset is loaded here (its shape resolves the model) and reused below.
+    let (mut cfg, run_dir, loaded): (ResolvedConfig, PathBuf, Option<Dataset>) = match (&a.config, &a.resume) {
         (Some(p), _) => {
             let tc = TrainConfig::load(p)?;
-            let ds_shape = load_data(&tc.data)?.image_shape();
+            let ds = load_data(&tc.data)?;
             let base = p.parent().unwrap_or(Path::new("."));
-            let cfg = tc.resolve(base, ds_shape).with_context(|| format!("in {}", p.display()))?;
+            let cfg = tc.resolve(base, ds.image_shape()).with_context(|| format!("in {}", p.display()))?;
             let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
-            (cfg, a.run.clone().unwrap_or_else(|| Path::new("runs").join(stem)))
+            (cfg, a.run.clone().unwrap_or_else(|| Path::new("runs").join(stem)), Some(ds))
         }
         (None, Some(r)) => {
             let ck = checkpoint::resolve(r)?;
             let (state, _) = checkpoint::load(&ck)?;
             // <run>/checkpoints/step-N -> <run>
             let run_dir = a.run.clone().unwrap_or_else(|| ck.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf());
-            (state.config, run_dir)
+            (state.config, run_dir, None)
         }
         (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
     };
@@ -90,7 +91,10 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     if a.dry_run {
         return Ok(0);
     }
-    let data = load_data(&cfg.data)?;
+    let data = match loaded {
+        Some(d) => d,
+        None => load_data(&cfg.data)?,
+    };
     trainer::install_ctrlc();
     let device = g.device()?;
     eprintln!("msdiff: training on {device:?} with {} images; run folder {}", data.len(), run_dir.display());

@@ -669,3 +669,40 @@ pub fn sample(
     debug_assert_eq!(run.nfe, plan.nfe);
     Ok(Sampled { x, nfe: run.nfe })
 }
+
+/// Sample one image per seed, `batch` at a time. Image i's prior draw and every later random draw
+/// come from its own stream (`seeds[i]`), so the result does not depend on `batch`; `init`, if
+/// given (`[N, *item]`, process space), replaces the prior draws. Returns `[N, *item]` f32 on the
+/// CPU with the NFE per image; `progress(done)` is called after each batch.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_seeds(
+    cfg: &SamplerConfig,
+    den: &dyn Denoiser,
+    process: &Process,
+    item: &[i64],
+    seeds: &[u64],
+    batch: usize,
+    init: Option<&Tensor>,
+    device: Device,
+    mut progress: impl FnMut(usize),
+) -> Result<Sampled> {
+    ensure!(batch > 0, "the sampling batch size must be > 0");
+    let mut outs = Vec::new();
+    let mut nfe = 0;
+    let mut done = 0;
+    for chunk in seeds.chunks(batch) {
+        let mut streams = SampleStreams::from_seeds(chunk);
+        let drawn = streams.randn(item, Kind::Float);
+        let noise = match init {
+            Some(t) => t.narrow(0, done as i64, chunk.len() as i64).to_kind(Kind::Float),
+            None => drawn,
+        };
+        let s = sample(cfg, den, process, &noise.to_device(device), &mut streams)?;
+        nfe = s.nfe;
+        outs.push(s.x.to_device(Device::Cpu).to_kind(Kind::Float));
+        done += chunk.len();
+        progress(done);
+    }
+    ensure!(!outs.is_empty(), "no seeds to sample");
+    Ok(Sampled { x: Tensor::cat(&outs, 0), nfe })
+}

@@ -16,7 +16,7 @@ use crate::data::Dataset;
 use crate::denoiser::model::{conditioning, ModelDenoiser, StagedNetwork};
 use crate::runtime::{batch_to_device, is_oom, Precision};
 use crate::denoiser::per_sample;
-use crate::rng::{Rng, SampleStreams};
+use crate::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 use std::io::Write;
@@ -117,7 +117,8 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     );
     let device = opts.device;
     let process = cfg.process.build()?;
-    let stages = StageSampler::new(&process, &cfg.objective, &cfg.boundaries_sigma())?;
+    let boundaries = cfg.boundaries_sigma();
+    let stages = StageSampler::new(&process, &cfg.objective, &boundaries)?;
     let t = &cfg.train;
     std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
     crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -185,13 +186,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         .append(true)
         .open(opts.run_dir.join("metrics.jsonl"))
         .with_context(|| format!("cannot open {}", opts.run_dir.join("metrics.jsonl").display()))?;
-    let bar = if opts.progress { indicatif::ProgressBar::new(t.steps) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix("train");
+    let bar = crate::runtime::progress_bar(t.steps, "train", !opts.progress);
     bar.set_position(start_step);
 
     let n_stages = stages.stages();
@@ -220,7 +215,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let draws = stages.draw(t.batch, &mut rng)?;
         let z = batch_to_device(&rng.randn(&[t.batch as i64, c, h, w], Kind::Float), device);
         let x0 = batch_to_device(&x0, device);
-        let cond = conditioning(&process, &cfg.prediction, &cfg.boundaries_sigma(), &draws.sigma, device);
+        let cond = conditioning(&process, &cfg.prediction, &boundaries, &draws.sigma, device);
         // The stage ids come from the draws (identical to routing by sigma; asserted in tests).
         let stage_ids = Tensor::from_slice(&draws.stage).to_device(device);
         let sig = per_sample(&Tensor::from_slice(&draws.sigma).to_kind(Kind::Float).to_device(device), 4);
@@ -394,11 +389,9 @@ pub fn write_samples(cfg: &ResolvedConfig, ema_net: &Network, run_dir: &Path, st
     let den = ModelDenoiser::new(&ema_net.net, cfg.process.build()?, cfg.prediction, cfg.boundaries_sigma())?;
     let n = cfg.train.sample_count;
     let seeds: Vec<u64> = (0..n as u64).collect();
-    let mut streams = SampleStreams::from_seeds(&seeds);
     let shape = [cfg.model.in_channels as i64, cfg.model.resolution as i64, cfg.model.resolution as i64];
-    let noise = streams.randn(&shape, Kind::Float).to_device(device);
     let sampler = cfg.train.sampler.clone().context("no sampler configured")?;
-    let out = crate::sampler::sample(&sampler, &den, &cfg.process.build()?, &noise, &mut streams)?;
+    let out = crate::sampler::sample_seeds(&sampler, &den, &cfg.process.build()?, &shape, &seeds, n, None, device, |_| {})?;
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
     let cols = (n as f64).sqrt().ceil() as usize;
     crate::io::image::write_grid(&path, &out.x.clamp(-1.0, 1.0).to_device(Device::Cpu), cols, 2)?;
