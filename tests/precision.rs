@@ -46,22 +46,7 @@ fn bf16_training_of_the_tiny_model_learns() {
 #[test]
 fn bf16_resume_is_bit_exact_and_checkpoints_are_interchangeable() {
     let (cfg, ds) = setup(6, "bf16");
-    let a = tmp("straight");
-    let full = trainer::train(&cfg, &ds, &opts(&a, None, None)).unwrap();
-    let b = tmp("resumed");
-    let part = trainer::train(&cfg, &ds, &opts(&b, None, Some(3))).unwrap();
-    assert!(part.interrupted && part.step == 3);
-    let rest = trainer::train(&cfg, &ds, &opts(&b, Some(b.clone()), None)).unwrap();
-    assert_eq!(rest.step, 6);
-    let (x, y) = (all_tensors(&full.checkpoint), all_tensors(&rest.checkpoint));
-    assert_eq!(x.len(), y.len());
-    for ((n1, t1), (n2, t2)) in x.iter().zip(&y) {
-        assert_eq!(n1, n2);
-        assert!(t1.equal(t2), "{n1} differs after a bf16 resume");
-    }
-    let la: Vec<f64> = full.losses.iter().skip(3).map(|l| l.1).collect();
-    let lb: Vec<f64> = rest.losses.iter().map(|l| l.1).collect();
-    assert_eq!(la, lb);
+    let full = common::assert_resume_is_exact(&cfg, &ds, "a bf16 resume");
     // The same checkpoint resumes in fp32 (and the fp32 run differs from the bf16 one).
     let (mut cfg32, _) = setup(8, "fp32");
     cfg32.train.precision = Precision::Fp32;
