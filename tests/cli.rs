@@ -186,3 +186,67 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     let ck = msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap();
     assert_eq!(ck.last().unwrap().0, step + 2);
 }
+
+/// The FID Inception weights as the FID module's tests find them, or `None` (skipped, loudly).
+fn fid_weights() -> Option<PathBuf> {
+    let p = std::env::var_os("MSDIFF_FID_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS));
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: FID weights not found at {} (set MSDIFF_FID_WEIGHTS)", p.display());
+        None
+    }
+}
+
+/// `fid stats`, then `eval` of a 2-step tiny run: the same seeds give the same FID and other seeds
+/// another; the JSON line records what was measured (step, n, seeds, precision, sampler, EMA); the
+/// small-sample warning is printed once per side; a corrupt reference is a one-line error that appends
+/// nothing to the log.
+#[test]
+fn eval_is_reproducible_and_logs_what_it_measured() {
+    let Some(weights) = fid_weights() else { return };
+    let w = weights.to_str().unwrap();
+    let d = tmp("eval");
+    let cfg = d.join("run.toml");
+    std::fs::write(&cfg, "[data]\ncount = 32\n[model]\npreset = \"tiny\"\n[stages]\nmethod = \"uniform\"\n[train]\nbatch = 8\nsteps = 2\ncheckpoint_every = 2\n").unwrap();
+    let run = d.join("run");
+    let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = d.join("ref.safetensors");
+    let o = msdiff(&["fid", "stats", "--data", "builtin", "--limit", "16", "--weights", w, "--fid-batch", "16", "--out", reference.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = d.join("fid.jsonl");
+    let eval = |reference: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--checkpoint", run.to_str().unwrap(), "--ref", reference.to_str().unwrap(), "--n", "6", "--sampler", "euler"];
+        args.extend(["--steps", "3", "--weights", w, "--fid-batch", "6", "--log", log.to_str().unwrap()]);
+        args.extend(extra);
+        msdiff(&args)
+    };
+    for extra in [&["--precision", "bf16"][..], &["--precision", "bf16"], &["--seeds", "6-11"]] {
+        let o = eval(&reference, extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // The small-N warning, once per side.
+        assert_eq!(stderr(&o).matches("FID statistics from only 6 samples").count(), 1, "{}", stderr(&o));
+        assert_eq!(stderr(&o).matches("FID statistics from only 16 samples").count(), 1, "{}", stderr(&o));
+    }
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let fid = |i: usize| lines[i]["fid"].as_f64().unwrap();
+    assert!(fid(0).is_finite() && fid(0) > 0.0, "{}", lines[0]);
+    assert_eq!(fid(0), fid(1), "same seeds, same precision: the FID must repeat exactly");
+    assert_ne!(fid(0), fid(2), "other seeds (and precision) gave the same FID");
+    for (i, (precision, seeds)) in [("bf16", "0-5"), ("bf16", "0-5"), ("fp32", "6-11")].into_iter().enumerate() {
+        let l = &lines[i];
+        assert_eq!((l["precision"].as_str(), l["seeds"].as_str()), (Some(precision), Some(seeds)), "{l}");
+        assert_eq!((l["step"].as_u64(), l["n"].as_u64(), l["n_ref"].as_u64(), l["ema"].as_bool()), (Some(2), Some(6), Some(16), Some(true)), "{l}");
+        assert_eq!(l["sampler"]["kind"].as_str(), Some("euler"), "{l}");
+    }
+    // A corrupt reference: one error line, nothing appended.
+    let bad = d.join("bad.safetensors");
+    std::fs::write(&bad, b"not statistics").unwrap();
+    assert_user_error(&eval(&bad, &[]), "bad.safetensors");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+}

@@ -101,9 +101,6 @@ pub fn stats_of(net: &FidInception, images: &Tensor, batch: usize, quiet: bool, 
         fid::compute_stats_tensor(net, &u8s, batch, |k| bar.set_position(k as u64))?
     };
     bar.finish_and_clear();
-    if let Some(w) = stats.rank_warning() {
-        eprintln!("msdiff: warning: {w}");
-    }
     Ok(stats)
 }
 
@@ -117,6 +114,10 @@ pub fn run(g: &Global, a: FidArgs) -> Result<i32> {
         FidWhat::Stats { source, net, out, features_out } => {
             let (images, name) = load_images(&source)?;
             let stats = stats_of(&load_net(&net, device)?, &images, net.fid_batch, g.quiet, features_out.as_deref())?;
+            // (FID reports carry the same warning for both sides: `fid calc`, `eval`.)
+            if let Some(w) = stats.rank_warning() {
+                eprintln!("msdiff: warning: {w}");
+            }
             stats.save(&out)?;
             println!("statistics of {} images of {name} -> {} ({}, resize {})", stats.n, out.display(), fid::inception::NETWORK_NAME, fid::inception::RESIZE_NAME);
         }
@@ -193,9 +194,10 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         None => (0..a.n as u64).collect(),
     };
     ensure!(!seeds.is_empty(), "--n must be > 0");
+    let precision = a.precision.parse()?;
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
-    let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(a.precision.parse()?);
+    let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);
     let t0 = std::time::Instant::now();
     let (x, nfe) = sample_checkpoint(&l, &sampler, &seeds, a.batch, device, g.quiet)?;
     let sample_s = t0.elapsed().as_secs_f64();
@@ -205,11 +207,12 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         eprintln!("msdiff: warning: {w}");
     }
     println!(
-        "FID {:.4} at step {} ({} {nfe} NFE, {} weights; {}; reference {})",
+        "FID {:.4} at step {} ({} {nfe} NFE, {} weights, {}; {}; reference {})",
         rep.fid,
         l.step,
         sampler.kind.name(),
         if a.raw { "raw" } else { "EMA" },
+        precision,
         describe(s.n, r.n),
         a.reference.display()
     );
@@ -218,7 +221,8 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         let line = json!({
             "checkpoint": a.checkpoint, "step": l.step, "fid": rep.fid, "n": s.n, "n_ref": r.n, "sampler": sampler, "nfe": nfe,
             "ema": !a.raw, "network": fid::inception::NETWORK_NAME, "resize": fid::inception::RESIZE_NAME,
-            "reference": a.reference, "sample_seconds": sample_s,
+            "reference": a.reference, "sample_seconds": sample_s, "precision": precision,
+            "seeds": a.seeds.clone().unwrap_or_else(|| format!("0-{}", a.n - 1)),
         });
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open {}", p.display()))?;
         writeln!(f, "{line}")?;
