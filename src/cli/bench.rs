@@ -11,7 +11,7 @@ use crate::process::ProcessConfig;
 use crate::rng::Rng;
 use crate::train::network::Network;
 use crate::train::optim::{gradients, Adam, OptimConfig};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use clap::{Args, Subcommand};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -23,7 +23,8 @@ pub struct BenchArgs {
     /// Repeats; the median is reported.
     #[arg(long, global = true, default_value_t = 5)]
     pub repeats: usize,
-    /// Network precision for train/sample: fp32 or bf16 (bf16 network, fp32 masters and Adam).
+    /// Network precision of `bench train` and `bench sample`: fp32 or bf16 (bf16 network, fp32 masters
+    /// and Adam). `bench optimal` is f32 only.
     #[arg(long, global = true, default_value = "fp32")]
     pub precision: String,
 }
@@ -32,6 +33,7 @@ pub struct BenchArgs {
 pub enum What {
     /// Optimal-denoiser posterior means per second vs this CPU's measured f32 GEMM rate.
     Optimal {
+        /// Dataset whose exact posterior means are timed (any `--data` spec, e.g. mnist:DIR).
         #[arg(long, default_value = "builtin")]
         data: String,
         /// Queries per timed call.
@@ -40,8 +42,10 @@ pub enum What {
     },
     /// One training step (forward, backward, Adam) of a network preset: time and peak memory.
     Train {
+        /// Network preset (`msdiff info --preset NAME` lists its size), e.g. reference-6.5m, cifar10-multistage.
         #[arg(long, default_value = "reference-6.5m")]
         preset: String,
+        /// Images per training step; a multi-stage net spreads them evenly over its stages.
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
@@ -50,8 +54,11 @@ pub enum What {
         /// Comma-separated presets.
         #[arg(long, default_value = "small-multistage,small-unified")]
         presets: String,
+        /// Images sampled together.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Network evaluations per image (no-grad forward passes over t from 1 to 1e-3, each routed to
+        /// its stage's decoder).
         #[arg(long, default_value_t = 20)]
         nfe: usize,
     },
@@ -89,6 +96,16 @@ fn machine() -> String {
 pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     let device = g.device()?;
     let precision: Precision = a.precision.parse()?;
+    ensure!(a.repeats >= 1, "--repeats must be at least 1");
+    if let What::Train { batch, .. } | What::Sample { batch, .. } = a.what {
+        ensure!(batch >= 1, "--batch must be at least 1");
+    }
+    if let What::Sample { nfe, .. } = a.what {
+        ensure!(nfe >= 1, "--nfe must be at least 1");
+    }
+    if let What::Optimal { .. } = a.what {
+        ensure!(precision == Precision::Fp32, "bench optimal runs in f32 only; --precision applies to bench train and bench sample");
+    }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
