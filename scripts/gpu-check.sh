@@ -76,6 +76,8 @@ run() {
 cat "$OUT/versions.txt" | tee -a "$LOG"
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 CARD="${CARD:-unknown GPU}"
+# A smoke test on the CPU names the processor instead.
+[ "$DEVICE" = cpu ] && CARD="CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) threads"
 if grep -q '=> not found' "$OUT/versions.txt"; then
   say "gpu-check: unresolved libraries (libcuda.so.1 is expected to be missing only on a machine without a driver):"
   grep '=> not found' "$OUT/versions.txt" | tee -a "$LOG"
@@ -114,7 +116,7 @@ done
 
 # 4. The table (ratio = msdiff / PyTorch, > 1: msdiff slower).
 {
-  echo "Card: $CARD. $(grep '^torch' "$OUT/versions.txt"). Repeats: $REPEATS (median). Date: $(date -u +%F)."
+  echo "Card: $CARD. $(grep '^torch' "$OUT/versions.txt"). msdiff $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)'). Repeats: $REPEATS (median). Date: $(date -u +%F)."
   echo
   echo "| what | preset | batch | precision | msdiff s | PyTorch s | ratio |"
   echo "|---|---|---|---|---|---|---|"
