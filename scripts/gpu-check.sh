@@ -114,16 +114,19 @@ for prec in fp32 bf16; do
   done
 done
 
-# 4. The table (ratio = msdiff / PyTorch, > 1: msdiff slower).
+# 4. The table (ratio = msdiff / PyTorch, > 1: msdiff slower; images/s: batch / msdiff seconds, for
+#    sampling the images finished per second at NFE evaluations each).
 {
   echo "Card: $CARD. $(grep '^torch' "$OUT/versions.txt"). msdiff $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)'). Repeats: $REPEATS (median). Date: $(date -u +%F)."
   echo
-  echo "| what | preset | batch | precision | msdiff s | PyTorch s | ratio |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| what | preset | batch | precision | msdiff s | PyTorch s | ratio | msdiff images/s |"
+  echo "|---|---|---|---|---|---|---|---|"
   for r in "${ROWS[@]}"; do
+    b=$(echo "$r" | awk -F'|' '{gsub(/ /,"",$4); print $4}')
     m=$(echo "$r" | awk -F'|' '{gsub(/ /,"",$6); print $6}'); t=$(echo "$r" | awk -F'|' '{gsub(/ /,"",$7); print $7}')
     ratio=$(awk -v m="$m" -v t="$t" 'BEGIN { if (m+0 > 0 && t+0 > 0) printf "%.2f", m / t; else print "-" }')
-    echo "$r $ratio |"
+    ips=$(awk -v m="$m" -v b="$b" 'BEGIN { if (m+0 > 0) printf "%.1f", b / m; else print "-" }')
+    echo "$r $ratio | $ips |"
   done
   echo
   echo "Tests: $(grep 'test result' "$OUT/tests.txt" 2>/dev/null || echo 'not run')"
