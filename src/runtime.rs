@@ -92,10 +92,21 @@ pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
     }
 }
 
-/// Whether an error message is libtorch's out-of-memory error (CUDA or host allocator).
+/// Whether an error message is libtorch's out-of-memory error: CUDA's "CUDA out of memory" /
+/// `OutOfMemoryError`, or the host allocator's "DefaultCPUAllocator: can't allocate memory" (libtorch
+/// 2.11; older releases said "not enough memory").
 pub fn is_oom(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("not enough memory")
+    ["out of memory", "outofmemoryerror", "not enough memory", "can't allocate memory", "cannot allocate memory"].iter().any(|k| m.contains(k))
+}
+
+/// The allocator's own sentence out of a libtorch error (which tch may wrap as
+/// ``called `Result::unwrap()` on an `Err` value: Torch("[enforce fail at ...] ...\nframe #0 ...")``).
+pub fn oom_core(msg: &str) -> &str {
+    let line = msg.lines().next().unwrap_or("").trim();
+    let start = ["DefaultCPUAllocator", "CUDA out of memory"].iter().filter_map(|k| line.find(k)).min().unwrap_or(0);
+    let core = &line[start..];
+    core.split("\\n").next().unwrap_or(core).trim_end_matches("\")").trim()
 }
 
 /// A progress bar with rate and ETA, used by every long job (hidden when `quiet`; indicatif also

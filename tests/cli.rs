@@ -1,5 +1,7 @@
 //! The `msdiff` binary as a user meets it: outputs, reproducibility, and one-line errors with
 //! exit code 2 (never a panic, never a half-written output).
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -249,4 +251,22 @@ fn eval_is_reproducible_and_logs_what_it_measured() {
     std::fs::write(&bad, b"not statistics").unwrap();
     assert_user_error(&eval(&bad, &[]), "bad.safetensors");
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+}
+
+/// Out of memory in training: exit 2, one error line naming the batch, no C++ trace, no checkpoint.
+#[test]
+fn train_out_of_memory_is_one_clear_line() {
+    if !common::refuses_a_512_gib_allocation() {
+        return;
+    }
+    let d = tmp("oom");
+    let cfg = d.join("oom.toml");
+    std::fs::write(&cfg, common::oom_config()).unwrap();
+    let run = d.join("run");
+    let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert_user_error(&o, "out of memory at batch size 32");
+    let e = stderr(&o);
+    assert!(!e.contains("frame #") && !e.contains("enforce fail"), "the libtorch trace leaked: {e}");
+    assert!(e.contains("libtorch: DefaultCPUAllocator: can't allocate memory"), "{e}");
+    assert!(!run.join("checkpoints").exists() || std::fs::read_dir(run.join("checkpoints")).unwrap().next().is_none());
 }

@@ -1,6 +1,8 @@
 //! CUDA paths. Each test prints `SKIPPED: no CUDA device` and returns when libtorch sees no GPU
 //! (`scripts/gpu-check.sh` runs this file on a GPU machine). The last test is the converse: on a
 //! machine without a GPU, `--device cuda` is a clear user error.
+mod common;
+
 use msdiff::data::{self, Dataset, LoadOptions};
 use msdiff::runtime::Precision;
 use msdiff::train::network::{Loaded, Network};
@@ -111,6 +113,12 @@ fn cuda_samples_match_cpu_samples_with_the_same_seeds() {
     let e = rel_err(&a, &b);
     println!("cuda vs cpu samples: max rel err {e:.2e}");
     assert!(e < 2e-2, "cuda samples differ from cpu: {e}");
+}
+
+#[test]
+fn cuda_out_of_memory_names_the_batch_and_the_device_goes_on() {
+    let Some(dev) = gpu() else { return };
+    common::assert_out_of_memory_is_a_clear_error(dev, "cuda");
 }
 
 #[test]

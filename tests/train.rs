@@ -158,3 +158,10 @@ fn model_denoiser_routes_each_sample_by_its_sigma() {
         assert!(err < 1e-4, "sample {i} (sigma {s}): {err}");
     }
 }
+
+#[test]
+fn out_of_memory_names_the_batch_and_the_process_goes_on() {
+    if common::refuses_a_512_gib_allocation() {
+        common::assert_out_of_memory_is_a_clear_error(Device::Cpu, "cpu");
+    }
+}

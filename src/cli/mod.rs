@@ -53,6 +53,17 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     crate::runtime::set_threads(cli.global.threads);
+    // libtorch reports out-of-memory from infallible tch calls as a panic, which the trainer turns
+    // into a one-line error; the default hook would first print the whole C++ trace. Other panics
+    // keep the default report.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("");
+        if !crate::runtime::is_oom(msg) {
+            default_hook(info)
+        }
+    }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
     match result {
         Ok(Ok(code)) => code,
@@ -66,10 +77,11 @@ pub fn main() -> i32 {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!("msdiff: internal error: {}", msg.lines().next().unwrap_or(""));
-            if msg.contains("out of memory") {
-                eprintln!("msdiff: hint: the device ran out of memory; lower the batch size (--batch)");
+            if crate::runtime::is_oom(&msg) {
+                eprintln!("msdiff: error: out of memory: lower the batch size (--batch) or use --precision bf16; libtorch: {}", crate::runtime::oom_core(&msg));
+                return 2;
             }
+            eprintln!("msdiff: internal error: {}", msg.lines().next().unwrap_or(""));
             1
         }
     }

@@ -231,7 +231,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
                 "out of memory at batch size {} on {device:?} (step {s}, {} precision); lower train.batch (or --batch), or use --precision bf16; {kept}; libtorch: {}",
                 t.batch,
                 t.precision,
-                e.lines().next().unwrap_or("").trim()
+                crate::runtime::oom_core(&e)
             )
         };
         // The forward pass and the loss in f32 (a bf16 network's output is cast back to f32).
@@ -443,6 +443,13 @@ mod tests {
         assert!(e.to_string().contains("batch size 64") && e.to_string().contains("lower train.batch"), "{e}");
         let e = guard_oom(|| -> Result<()> { bail!("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB") }, &oom).unwrap_err();
         assert!(e.to_string().contains("batch size 64"), "{e}");
+        // libtorch 2.11's host allocator, verbatim (tests/train.rs provokes it for real).
+        let cpu = "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 549755813888 bytes. Error code 12 (Cannot allocate memory)";
+        let e = guard_oom(|| -> Result<()> { panic!("called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: c10::ThrowEnforceNotMet\")") }, &oom).unwrap_err();
+        assert!(e.to_string().contains("batch size 64"), "{e}");
+        assert_eq!(crate::runtime::oom_core(&format!("called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: x\")")), &cpu[cpu.find("Default").unwrap()..]);
+        let cuda = "CUDA out of memory. Tried to allocate 512.00 GiB. GPU 0 has a total capacity of 79.19 GiB";
+        assert_eq!(crate::runtime::oom_core(&format!("Torch(\"{cuda}\")")), cuda);
         let e = guard_oom(|| -> Result<()> { bail!("shape mismatch") }, &oom).unwrap_err();
         assert_eq!(e.to_string(), "shape mismatch");
         let r = std::panic::catch_unwind(|| guard_oom(|| -> Result<()> { panic!("index out of range") }, &oom));

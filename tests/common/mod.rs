@@ -95,3 +95,50 @@ pub fn assert_resume_is_exact(cfg: &ResolvedConfig, ds: &Dataset, what: &str) ->
     assert_eq!(la, lb);
     full
 }
+
+/// The tiny configuration at a batch that cannot fit (see [`assert_out_of_memory_is_a_clear_error`]).
+pub fn oom_config() -> String {
+    tiny_config("")
+        .replace("count = 256", "count = 32\nresolution = 256")
+        .replace("dropout = 0.1", "dropout = 0.1\nattn_resolutions = [256]")
+        .replace("batch = 8", "batch = 32")
+}
+
+/// Whether this machine refuses a 512 GiB allocation outright (Linux overcommit heuristic, mode 0, or
+/// strict accounting, mode 2, with less than 512 GiB of RAM + swap), so that a CPU out-of-memory test
+/// fails fast instead of being granted the memory. Says SKIPPED when not.
+pub fn refuses_a_512_gib_allocation() -> bool {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        meminfo.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(u64::MAX)
+    };
+    let (mem, swap) = (kib("MemTotal:"), kib("SwapTotal:"));
+    let refuses = matches!(mode.trim(), "0" | "2") && mem.saturating_add(swap) < 512 << 20;
+    if !refuses {
+        eprintln!("SKIPPED: this machine could grant a 512 GiB allocation (overcommit mode {}, {mem} + {swap} KiB)", mode.trim());
+    }
+    refuses
+}
+
+/// Training at a batch that cannot fit fails with the out-of-memory message (batch size, what to do,
+/// no checkpoint written) and leaves `device` usable: a normal run trains right after.
+///
+/// The net is `tiny` on 256x256 images with attention at full resolution: the first attention map
+/// alone is batch x (256*256)^2 x 4 B = 16 GiB per image, 512 GiB at batch 32, more than any single
+/// GPU and, on a CPU, refused at once by Linux's overcommit heuristic (one allocation larger than RAM
+/// + swap); everything before it (a conv and a residual block, ~1 GiB) is cheap.
+pub fn assert_out_of_memory_is_a_clear_error(device: Device, name: &str) {
+    let tc = TrainConfig::from_toml(&oom_config(), "oom").unwrap();
+    let ds = data::load("builtin", &LoadOptions { count: 32, resolution: 256, ..Default::default() }).unwrap();
+    let cfg = tc.resolve(Path::new("."), ds.image_shape()).unwrap();
+    let run = tmp(&format!("{name}-oom"));
+    let e = trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&run, None, None) }).err().expect("a 512 GiB attention map must not fit");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("out of memory at batch size 32"), "{msg}");
+    assert!(msg.contains("lower train.batch") && msg.contains("no checkpoint was written yet"), "{msg}");
+    assert!(checkpoint::list(&run.join("checkpoints")).unwrap().is_empty(), "no checkpoint may appear");
+    let (cfg, ds) = setup("steps = 2");
+    let out = trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&tmp(&format!("{name}-after-oom")), None, None) }).unwrap();
+    assert_eq!(out.step, 2);
+}
