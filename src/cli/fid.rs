@@ -149,10 +149,10 @@ pub struct EvalArgs {
     /// Reference statistics (from `msdiff fid stats`).
     #[arg(long = "ref")]
     pub reference: PathBuf,
-    /// Number of images to sample.
+    /// Number of images to sample (seeds 0..n-1; ignored when --seeds is given).
     #[arg(long, default_value_t = 10_000)]
     pub n: usize,
-    /// Per-image seeds (default 0..n-1).
+    /// Per-image seeds, e.g. 10000-19999 (default 0..n-1); their count is the number of images.
     #[arg(long)]
     pub seeds: Option<String>,
     /// Images per sampling batch.

@@ -68,7 +68,10 @@ pub fn main() -> i32 {
     match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("msdiff: error: {}", one_line(&e));
+            let line = one_line(&e);
+            // Training names its own batch and remedy; anything else that ran out gets the general one.
+            let hint = if crate::runtime::is_oom(&line) && !line.contains("lower ") { OOM_HINT } else { "" };
+            eprintln!("msdiff: error: {line}{hint}");
             2
         }
         Err(p) => {
@@ -78,7 +81,7 @@ pub fn main() -> i32 {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             if crate::runtime::is_oom(&msg) {
-                eprintln!("msdiff: error: out of memory: lower the batch size (--batch) or use --precision bf16; libtorch: {}", crate::runtime::oom_core(&msg));
+                eprintln!("msdiff: error: out of memory{OOM_HINT}; libtorch: {}", crate::runtime::oom_core(&msg));
                 return 2;
             }
             eprintln!("msdiff: internal error: {}", msg.lines().next().unwrap_or(""));
@@ -86,6 +89,9 @@ pub fn main() -> i32 {
         }
     }
 }
+
+/// What to do when a command other than training runs out of memory.
+const OOM_HINT: &str = "; lower the batch size (--batch for sampling and training, --fid-batch for the FID network) or use --precision bf16 where the command has it";
 
 /// An error chain on one line: "outer: inner: root".
 pub fn one_line(e: &anyhow::Error) -> String {

@@ -249,7 +249,7 @@ pub struct FrechetReport {
 /// Relative eigenvalue below which a negative eigenvalue is reported (not just clamped).
 const NEG_EIG_TOL: f64 = 1e-9;
 
-/// Symmetric eigendecomposition in f64 (symmetrised first); returns (eigenvalues, eigenvectors).
+/// (S + S^T) / 2: removes the rounding asymmetry of a product before a symmetric eigensolver.
 fn symmetrize(s: &Tensor) -> Tensor {
     (s + s.tr()) * 0.5
 }
