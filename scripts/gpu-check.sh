@@ -25,6 +25,7 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$BIN"
   cp target/release/msdiff "$BIN/msdiff"
   cp "$t" "$BIN/cuda-tests"
+  git describe --always --dirty > "$BIN/commit" 2>/dev/null || echo "(no git)" > "$BIN/commit"
   echo "prepared $BIN: $(ls "$BIN" | tr '\n' ' ')"
   exit 0
 fi
@@ -77,7 +78,7 @@ cat "$OUT/versions.txt" | tee -a "$LOG"
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 CARD="${CARD:-unknown GPU}"
 # A smoke test on the CPU names the processor instead.
-[ "$DEVICE" = cpu ] && CARD="CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) threads"
+[ "$DEVICE" = cpu ] && CARD="CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1), $(nproc) threads"
 if grep -q '=> not found' "$OUT/versions.txt"; then
   say "gpu-check: unresolved libraries (libcuda.so.1 is expected to be missing only on a machine without a driver):"
   grep '=> not found' "$OUT/versions.txt" | tee -a "$LOG"
@@ -117,7 +118,7 @@ done
 # 4. The table (ratio = msdiff / PyTorch, > 1: msdiff slower; images/s: batch / msdiff seconds, for
 #    sampling the images finished per second at NFE evaluations each).
 {
-  echo "Card: $CARD. $(grep '^torch' "$OUT/versions.txt"). msdiff $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)'). Repeats: $REPEATS (median). Date: $(date -u +%F)."
+  echo "Card: $CARD. $(grep '^torch' "$OUT/versions.txt"). msdiff $(cat "$BIN/commit" 2>/dev/null || echo '(commit not recorded)'). Repeats: $REPEATS (median). Date: $(date -u +%F)."
   echo
   echo "| what | preset | batch | precision | msdiff s | PyTorch s | ratio | msdiff images/s |"
   echo "|---|---|---|---|---|---|---|---|"
