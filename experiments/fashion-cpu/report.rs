@@ -7,7 +7,10 @@
 //! Reads `OUT/fid.jsonl`, `OUT/train-times.jsonl` and each run's resolved `config.toml` and
 //! `metrics.jsonl`; writes into DOCS: `fid-vs-steps.png`, `fid-vs-tflop.png`,
 //! `samples-<run>.png` (the final sample grid of each run) and copies of the two JSONL files; prints
-//! the Markdown tables of docs/RESULTS.md.
+//! the Markdown tables of docs/RESULTS.md and (d) the bf16 table of docs/PERF.md.
+//!
+//! A `fid.jsonl` line may carry `precision` (the sampling precision, default fp32) and `seeds` (default
+//! `0-(n-1)`); the experiments (a)-(c) use only default lines, (d) all lines of its runs.
 //!
 //! Training cost per image is `3 x` the forward GFLOPs (backward ~ 2 x forward) of the network that
 //! handles each sample, averaged with the training's stage probabilities (`objective.weights`):
@@ -26,6 +29,10 @@ const LOOSE_TARGET: f64 = 100.0;
 /// Runs in the compute comparison (c).
 const COMPUTE: [&str; 4] = ["unified", "multistage", "separate", "ms-mass"];
 const ABLATION: [&str; 3] = ["ms-uniform", "ms-snr", "multistage"];
+/// Every run of `run.sh`, in its order; `-bf16` runs are their config trained with `--precision bf16`.
+const RUNS: [&str; 8] = ["unified", "multistage", "separate", "ms-uniform", "ms-snr", "ms-mass", "unified-bf16", "multistage-bf16"];
+/// Runs in the bf16 comparison (d).
+const PRECISION: [&str; 4] = ["unified", "unified-bf16", "multistage", "multistage-bf16"];
 
 struct Run {
     cfg: ResolvedConfig,
@@ -91,20 +98,23 @@ fn main() -> Result<()> {
     let mut n_samples = 0;
     for v in &fids {
         let run = v["run"].as_str().context("fid.jsonl line without run")?.to_string();
-        fid.entry(run.clone()).or_default().push((v["step"].as_f64().unwrap_or(0.0), v["fid"].as_f64().unwrap_or(f64::NAN)));
-        eval_s.entry(run).or_default().push(v["eval_wall_s"].as_f64().unwrap_or(f64::NAN));
+        eval_s.entry(run.clone()).or_default().push(v["eval_wall_s"].as_f64().unwrap_or(f64::NAN));
+        if v.get("precision").is_some() || v.get("seeds").is_some() {
+            continue; // (d) only
+        }
+        fid.entry(run).or_default().push((v["step"].as_f64().unwrap_or(0.0), v["fid"].as_f64().unwrap_or(f64::NAN)));
         n_samples = v["n"].as_u64().unwrap_or(0);
     }
     for c in fid.values_mut() {
         c.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    let names: Vec<&str> = ["unified", "multistage", "separate", "ms-uniform", "ms-snr", "ms-mass"].into_iter().filter(|n| out.join(n).join("config.toml").is_file()).collect();
+    let names: Vec<&str> = RUNS.into_iter().filter(|n| out.join(n).join("config.toml").is_file()).collect();
     let runs: BTreeMap<&str, Run> = names.iter().map(|n| Ok((*n, Run::load(&out, n)?))).collect::<Result<_>>()?;
     let wall = |name: &str| times.iter().rev().find(|t| t["run"] == name).and_then(|t| t["train_wall_s"].as_f64());
 
     // Table: the runs.
-    println!("| run | network | decoders | boundaries t | params stored | stage probabilities | train GFLOP/image | train wall (1 thread) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | network | decoders | boundaries t | params stored | stage probabilities | train GFLOP/image | precision | train wall (1 thread) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, r) in names.iter().map(|n| (*n, &runs[n])) {
         let bt = r.cfg.split.as_ref().map(|s| s.boundaries_t.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "-".into());
         let probs = r.probs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" / ");
@@ -115,8 +125,8 @@ fn main() -> Result<()> {
         };
         let w = wall(name).map(|s| format!("{:.1} min", s / 60.0)).unwrap_or_else(|| "-".into());
         println!(
-            "| {name} | {} | {:?} | {bt} | {} | {probs} | {:.3} | {w} |",
-            kind, r.cfg.model.decoder_channels, r.params, r.train_gflop_per_image()
+            "| {name} | {} | {:?} | {bt} | {} | {probs} | {:.3} | {} | {w} |",
+            kind, r.cfg.model.decoder_channels, r.params, r.train_gflop_per_image(), r.cfg.train.precision
         );
     }
 
@@ -126,7 +136,7 @@ fn main() -> Result<()> {
     steps.dedup();
     println!("\n| run | {} |", steps.iter().map(|s| format!("FID @ {s}")).collect::<Vec<_>>().join(" | "));
     println!("|---|{}", "---|".repeat(steps.len()));
-    for name in &names {
+    for name in names.iter().filter(|n| !n.ends_with("-bf16")) {
         if let Some(c) = fid.get(*name) {
             let cells: Vec<String> = steps.iter().map(|s| c.iter().find(|p| p.0 == *s).map_or("-".into(), |p| format!("{:.2}", p.1))).collect();
             println!("| {name} | {} |", cells.join(" | "));
@@ -194,6 +204,28 @@ fn main() -> Result<()> {
         }
     }
     p.save(&docs.join("fid-vs-tflop.png"))?;
+
+    // (d) bf16: training precision x sampling precision at the last step, and the FID's sampling noise
+    // (the same checkpoint with other seeds).
+    let last_step = fids.iter().filter_map(|v| v["step"].as_f64()).fold(0.0, f64::max);
+    let rows: Vec<&Value> = fids.iter().filter(|v| v["step"].as_f64() == Some(last_step) && v["run"].as_str().is_some_and(|r| PRECISION.contains(&r))).collect();
+    if rows.iter().any(|v| v.get("precision").is_some() || v["run"].as_str().is_some_and(|r| r.ends_with("-bf16"))) {
+        println!("\n| run | trained in | sampled in | seeds | FID @ {last_step} | train wall (1 thread) |");
+        println!("|---|---|---|---|---|---|");
+        for name in PRECISION {
+            for v in rows.iter().filter(|v| v["run"] == name) {
+                let n = v["n"].as_u64().unwrap_or(0);
+                let trained = runs.get(name).map_or("-".to_string(), |r| r.cfg.train.precision.to_string());
+                let w = wall(name).map(|s| format!("{:.1} min", s / 60.0)).unwrap_or_else(|| "-".into());
+                println!(
+                    "| {name} | {trained} | {} | {} | {:.2} | {w} |",
+                    v["precision"].as_str().unwrap_or("fp32"),
+                    v["seeds"].as_str().map_or(format!("0-{}", n.saturating_sub(1)), str::to_string),
+                    v["fid"].as_f64().unwrap_or(f64::NAN),
+                );
+            }
+        }
+    }
 
     // Final sample grids and the raw logs.
     for name in &names {
