@@ -81,6 +81,28 @@ fn sample_bad_input_is_a_clear_error() {
     // A checkpoint that does not exist.
     let o = msdiff(&["sample", "--model", d.join("nothing").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_user_error(&o, "does not exist");
+    // More images than one call holds (the seed list alone would be 800 GB).
+    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--n", "99999999999", "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "--n 99999999999 is too large");
+    // Images that are neither grey nor RGB: a [4, 2, 8, 8] .npy.
+    let npy = d.join("two-channels.npy");
+    msdiff::io::npy::write_npy(&npy, &tch::Tensor::zeros([4, 2, 8, 8], (tch::Kind::Float, tch::Device::Cpu))).unwrap();
+    let o = msdiff(&["sample", "--model", "optimal", "--data", npy.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "2 channels");
+    assert!(!out.exists(), "no output may be written on error");
+}
+
+#[test]
+fn sample_into_a_used_folder_leaves_no_stale_images() {
+    let d = tmp("sample-again");
+    let out = d.join("o");
+    for n in ["6", "2"] {
+        let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--sampler", "ddim", "--steps", "3", "--n", n, "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(out.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["000000.png", "000001.png"]);
 }
 
 #[test]
@@ -106,6 +128,8 @@ fn cluster_writes_a_split_and_refuses_bad_options() {
         (vec!["--alpha", "0"], "alpha"),
         (vec!["--eta", "0"], "eta"),
         (vec!["--stages", "1"], "stages"),
+        (vec!["--stages", "999999999"], "between 2 and 64"),
+        (vec!["--method", "snr", "--grid", "999999999999"], "--grid must be at most"),
         (vec!["--samples", "10"], "too few"),
         (vec!["--method", "kmeans"], "unknown clustering method"),
     ] {
@@ -182,6 +206,13 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     let ck = msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap();
     let (step, _) = ck.last().expect("a checkpoint must be saved on Ctrl-C");
     assert!(*step >= 3);
+    // A fresh run into the same folder would mix two runs' checkpoints; changing the batch or the
+    // seed on resume would make a different experiment.
+    let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert_user_error(&o, "already holds checkpoints");
+    let o = msdiff(&["train", "--no-samples", "--resume", run.to_str().unwrap(), "--batch", "4"]);
+    assert_user_error(&o, "--batch 4 cannot change on resume");
+    assert_eq!(msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap().last().map(|c| c.0), Some(*step));
     // Resume from the run folder and finish a few more steps.
     let o = msdiff(&["train", "--no-samples", "--resume", run.to_str().unwrap(), "--steps", &(step + 2).to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));

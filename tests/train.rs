@@ -95,6 +95,13 @@ fn config_errors_name_the_problem() {
     // Wrong number of boundaries for the decoders.
     let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\n[stages]\nboundaries_t=[0.5]", "x").unwrap();
     assert!(tc.resolve(Path::new("."), [1, 16, 16]).is_err());
+    // EDM with a zero data scale (every preconditioning coefficient would divide by it).
+    let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\n[process]\nkind = \"edm\"\n[prediction]\nkind = \"edm\"\nsigma_data = 0.0\n[stages]\nboundaries_t=[0.3,0.6]", "x").unwrap();
+    let e = tc.resolve(Path::new("."), [1, 16, 16]).err().unwrap();
+    assert!(format!("{e:#}").contains("sigma_data must be > 0"), "{e:#}");
+    // The EMA by half-life alone (the decay default must not also apply).
+    let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\n[ema]\nhalf_life_images = 5000\n[stages]\nboundaries_t=[0.3,0.6]", "x").unwrap();
+    assert_eq!(tc.resolve(Path::new("."), [1, 16, 16]).unwrap().ema.decay, None);
 }
 
 #[test]

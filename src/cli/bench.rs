@@ -103,7 +103,8 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     if let What::Sample { nfe, .. } = a.what {
         ensure!(nfe >= 1, "--nfe must be at least 1");
     }
-    if let What::Optimal { .. } = a.what {
+    if let What::Optimal { queries, .. } = a.what {
+        ensure!(queries >= 1, "--queries must be at least 1");
         ensure!(precision == Precision::Fp32, "bench optimal runs in f32 only; --precision applies to bench train and bench sample");
     }
     if device.is_cuda() {

@@ -11,7 +11,7 @@ use crate::process::ProcessConfig;
 use crate::sampler::{SamplerConfig, SamplerKind};
 use crate::train::network::Loaded;
 use crate::train::{trainer, TrainConfig, TrainOptions};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -78,6 +78,9 @@ sample_count = 64
 
 pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let began = Instant::now();
+    ensure!(a.steps > 0, "--steps must be > 0");
+    ensure!(a.samples > 0, "--samples must be > 0");
+    ensure!(a.cluster_samples > 0, "--cluster-samples must be > 0");
     let device = g.device()?;
     let out = &a.out;
     crate::io::atomic::ensure_dir(out)?;

@@ -1,10 +1,10 @@
 //! `msdiff fid stats|calc` and `msdiff eval`: FID with the TF Inception-v3 (2015-12-05) network,
 //! computed natively. Every number printed names the network, the resize and the image counts.
-use super::args::{parse_seeds, progress, Global, SamplerArgs};
+use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::fid::{self, FidInception, FidStats};
 use crate::train::network::Loaded;
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -191,10 +191,13 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let sampler = a.sampler.config()?;
     let seeds = match &a.seeds {
         Some(s) => parse_seeds(s)?,
-        None => (0..a.n as u64).collect(),
+        None => first_n_seeds(a.n)?,
     };
-    ensure!(!seeds.is_empty(), "--n must be > 0");
     let precision = a.precision.parse()?;
+    if let Some(p) = &a.log {
+        // Fail now, not after the sampling and the FID.
+        std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the log {}", p.display()))?;
+    }
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
     let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);

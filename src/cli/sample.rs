@@ -1,5 +1,5 @@
 //! `msdiff sample`: any sampler on a checkpoint or on a dataset's optimal denoiser.
-use super::args::{parse_seeds, progress, Global, SamplerArgs};
+use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
 use crate::process::{Process, ProcessConfig};
@@ -67,10 +67,7 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     let seeds: Vec<u64> = match (&a.seeds, &init) {
         (Some(s), _) => parse_seeds(s)?,
         (None, Some(t)) => (0..t.size()[0] as u64).collect(),
-        (None, None) => {
-            ensure!(a.n > 0, "--n must be > 0");
-            (0..a.n as u64).collect()
-        }
+        (None, None) => first_n_seeds(a.n)?,
     };
     // Build the denoiser.
     let source = if a.model == "optimal" {
@@ -124,7 +121,8 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// samples.npy, grid.png and (optionally) images/NNNNNN.png, each written atomically.
+/// samples.npy, grid.png and (optionally) images/NNNNNN.png, each written atomically; numbered images
+/// left in `images/` by an earlier call with more samples are removed.
 pub fn write_outputs(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
     crate::io::atomic::ensure_dir(dir)?;
     crate::io::npy::write_npy(&dir.join("samples.npy"), x)?;
@@ -135,6 +133,14 @@ pub fn write_outputs(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
     if images {
         let d = dir.join("images");
         crate::io::atomic::ensure_dir(&d)?;
+        // A previous, larger call into the same folder must not leave its extra images beside these.
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let stale = name.strip_suffix(".png").filter(|s| s.len() == 6).and_then(|s| s.parse::<usize>().ok()).is_some_and(|i| i >= n);
+            if stale {
+                std::fs::remove_file(e.path()).with_context(|| format!("cannot remove the stale image {}", e.path().display()))?;
+            }
+        }
         for i in 0..n {
             crate::io::image::write_png(&d.join(format!("{i:06}.png")), &clamped.get(i as i64))?;
         }

@@ -72,6 +72,14 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
         }
         (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
     };
+    if a.resume.is_some() {
+        // A resumed run is the same experiment: its batch and seed are fixed by the checkpoint.
+        for (flag, given, kept) in [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)] {
+            if let Some(v) = given.filter(|v| *v != kept) {
+                bail!("{flag} {v} cannot change on resume: the run was trained with {kept}; drop {flag} (or start a new run)");
+            }
+        }
+    }
     if let Some(s) = a.steps {
         cfg.train.steps = s;
     }
@@ -90,6 +98,15 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     eprintln!("# resolved configuration\n{}", cfg.to_toml());
     if a.dry_run {
         return Ok(0);
+    }
+    if a.resume.is_none() {
+        if let Some((step, _)) = checkpoint::list(&run_dir.join("checkpoints"))?.last() {
+            bail!(
+                "run folder {} already holds checkpoints (newest: step {step}); continue it with `msdiff train --resume {}`, or give another --run (or remove the folder)",
+                run_dir.display(),
+                run_dir.display()
+            );
+        }
     }
     let data = match loaded {
         Some(d) => d,

@@ -205,7 +205,11 @@ fn split_suffix(rest: &str, default: Split) -> (&str, Split) {
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let ds = load_inner(spec, opts).flat_context(|| format!("cannot load dataset '{spec}'"))?;
     if ds.is_empty() {
-        bail!("cannot load dataset '{spec}': it has no images");
+        bail!("cannot load dataset '{spec}': it has no images (check the path, and that --data-limit / limit is not 0)");
+    }
+    let [c, h, w] = ds.image_shape();
+    if c != 1 && c != 3 {
+        bail!("cannot load dataset '{spec}': its images have {c} channels ({c}x{h}x{w}); msdiff takes grey (1) or RGB (3) images, [N, C, H, W]");
     }
     Ok(ds)
 }

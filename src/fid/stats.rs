@@ -99,10 +99,7 @@ impl FidStats {
         for v in mu.iter().chain(sigma.iter()) {
             buf.extend_from_slice(&v.to_le_bytes());
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &buf).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(())
+        crate::io::atomic::write_atomic_bytes(path, &buf)
     }
 
     /// Load a file written by [`save`](Self::save); any other file is rejected with a clear error.
@@ -125,6 +122,7 @@ impl FidStats {
         let version = get("version").unwrap_or_default();
         ensure!(version == STATS_VERSION, not_stats(format!("unsupported version {version:?}")));
         let n: u64 = get("n").and_then(|s| s.parse().ok()).ok_or_else(|| not_stats("bad or missing n".into()))?;
+        ensure!(n >= 2, not_stats(format!("n = {n}: statistics need at least 2 images")));
         let data = &bytes[8 + hlen..];
         let read = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let e = header.get(name).ok_or_else(|| not_stats(format!("tensor {name} missing")))?;
@@ -142,6 +140,9 @@ impl FidStats {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!(not_stats(format!("tensor {name} holds a non-finite value ({}) at element {i}", v[i])));
+            }
             let shape_i: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
             Ok(Tensor::from_slice(&v).view(shape_i.as_slice()))
         };
@@ -266,6 +267,10 @@ pub fn frechet_distance(a: &FidStats, b: &FidStats) -> Result<f64> {
 /// of the symmetric PSD matrix `sqrt(S_a) S_b sqrt(S_a)` give `sum sqrt(max(m, 0))`.
 pub fn frechet_distance_report(a: &FidStats, b: &FidStats) -> Result<FrechetReport> {
     ensure!(a.dim() == b.dim(), "FID: feature dims differ ({} vs {})", a.dim(), b.dim());
+    for (s, which) in [(a, "first"), (b, "second")] {
+        let finite = s.mu.isfinite().all().int64_value(&[]) == 1 && s.sigma.isfinite().all().int64_value(&[]) == 1;
+        ensure!(finite, "FID: the {which} statistics hold non-finite values (NaN or inf features?)");
+    }
     let mut warnings: Vec<String> = [a, b].iter().filter_map(|s| s.rank_warning()).collect();
     if a.network != b.network {
         warnings.push(format!("FID between different feature networks: {:?} vs {:?}", a.network, b.network));

@@ -273,6 +273,23 @@ fn fid_streaming_stats_match_two_pass_and_roundtrip() {
     assert!(e.contains("is not an msdiff FID statistics file"), "{e}");
     let e = FidStats::load(dir.join("missing")).unwrap_err().to_string();
     assert!(e.contains("reading FID statistics"), "{e}");
+    // Well-formed files with unusable contents: a non-finite covariance entry, n < 2.
+    let bad = st.clone(); // deep copies
+    let _ = bad.sigma.get(3).get(5).fill_(f64::INFINITY);
+    bad.save(&other).unwrap();
+    let e = FidStats::load(&other).unwrap_err().to_string();
+    assert!(e.contains("non-finite value (inf) at element 53"), "{e}");
+    let e = frechet_distance(&bad, &st).unwrap_err().to_string();
+    assert!(e.contains("non-finite"), "{e}");
+    FidStats { n: 1, ..st.clone() }.save(&other).unwrap();
+    let e = FidStats::load(&other).unwrap_err().to_string();
+    assert!(e.contains("n = 1"), "{e}");
+    // Saving over a folder fails without leaving a temporary behind.
+    let folder = dir.join("folder.safetensors");
+    std::fs::create_dir_all(&folder).unwrap();
+    assert!(st.save(&folder).unwrap_err().to_string().contains("it is a folder"));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&dir).ok();
 
     // Differences in metadata are reported.

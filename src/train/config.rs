@@ -163,6 +163,9 @@ impl TrainConfig {
             crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::param::default_sigma_data() },
             _ => Prediction::Eps,
         });
+        if let Prediction::Edm { sigma_data } = prediction {
+            ensure!(sigma_data.is_finite() && sigma_data > 0.0, "prediction.sigma_data must be > 0 (EDM: 0.5 for data in [-1, 1]), got {sigma_data}");
+        }
         let stages = model.num_stages();
         let split = resolve_split(&self.stages, base_dir, stages)?;
         self.optim.validate()?;

@@ -6,10 +6,14 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+/// Without an `[ema]` table the default applies (decay 0.9999); inside one, the key that is not given
+/// is unset, so `half_life_images` alone is a complete choice.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct EmaConfig {
+    #[serde(default)]
     pub decay: Option<f64>,
+    #[serde(default)]
     pub half_life_images: Option<f64>,
 }
 
@@ -51,6 +55,18 @@ pub fn update(ema: &[(String, Tensor)], params: &[(String, Tensor)], decay: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn either_key_alone_is_a_valid_table() {
+        let h: EmaConfig = toml::from_str("half_life_images = 500000.0").unwrap();
+        assert_eq!(h, EmaConfig { decay: None, half_life_images: Some(5e5) });
+        h.validate().unwrap();
+        let d: EmaConfig = toml::from_str("decay = 0.999").unwrap();
+        assert_eq!(d, EmaConfig { decay: Some(0.999), half_life_images: None });
+        d.validate().unwrap();
+        let both: EmaConfig = toml::from_str("decay = 0.999\nhalf_life_images = 1.0").unwrap();
+        assert!(both.validate().unwrap_err().to_string().contains("exactly one"));
+    }
 
     #[test]
     fn half_life_halves_after_the_given_images() {
