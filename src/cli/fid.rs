@@ -122,6 +122,10 @@ pub fn run(g: &Global, a: FidArgs) -> Result<i32> {
             println!("statistics of {} images of {name} -> {} ({}, resize {})", stats.n, out.display(), fid::inception::NETWORK_NAME, fid::inception::RESIZE_NAME);
         }
         FidWhat::Calc { source, stats, net, reference } => {
+            anyhow::ensure!(
+                stats.is_some() || source.images.is_some() || source.data.is_some(),
+                "give what to score: --stats FILE.safetensors, --images DIR|FILE.npy or --data SPEC"
+            );
             let r = FidStats::load(&reference)?;
             let s = match stats {
                 Some(p) => FidStats::load(&p)?,

@@ -311,7 +311,11 @@ impl UNetConfig {
         ensure!(self.norm_eps > 0.0, "norm_eps must be > 0");
         ensure!(self.init_scale >= 0.0, "init_scale must be >= 0");
         let e = self.embed_dim();
-        ensure!(e >= 4 && e % 2 == 0, "embedding_dim must be even and >= 4, got {e}");
+        ensure!(
+            e >= 4 && e % 2 == 0,
+            "the time embedding width must be even and >= 4, got {e} ({}); set an even embedding_dim or base_channels",
+            if self.embedding_dim.is_some() { "embedding_dim" } else { "base_channels, as embedding_dim is not set" }
+        );
         let down = 1usize << (self.num_levels() - 1);
         ensure!(
             self.resolution > 0 && self.resolution % down == 0,
