@@ -84,6 +84,7 @@ fn load_images(s: &Source) -> Result<(Tensor, String)> {
         (None, Some(d)) => (d.clone(), d.clone()),
         (None, None) => anyhow::bail!("give --images DIR|FILE.npy or --data SPEC"),
     };
+    anyhow::ensure!(s.limit.is_none_or(|l| l >= 2), "--limit must be at least 2 (FID statistics need 2 or more images)");
     let ds = data::load(&spec, &LoadOptions { limit: s.limit, ..Default::default() })?;
     Ok((ds.images, name))
 }

@@ -54,21 +54,30 @@ pub fn load_data(d: &DataConfig) -> Result<Dataset> {
 
 pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     // With --config the dataset is loaded here (its shape resolves the model) and reused below.
-    let (mut cfg, run_dir, loaded): (ResolvedConfig, PathBuf, Option<Dataset>) = match (&a.config, &a.resume) {
+    // A resumed run continues in its own folder (<run>/checkpoints/step-N -> <run>) unless --run says otherwise.
+    let resumed_dir = match &a.resume {
+        Some(r) => {
+            let ck = checkpoint::resolve(r)?;
+            Some((ck.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf(), ck))
+        }
+        None => None,
+    };
+    let (mut cfg, run_dir, loaded): (ResolvedConfig, PathBuf, Option<Dataset>) = match (&a.config, &resumed_dir) {
         (Some(p), _) => {
             let tc = TrainConfig::load(p)?;
             let ds = load_data(&tc.data)?;
             let base = p.parent().unwrap_or(Path::new("."));
             let cfg = tc.resolve(base, ds.image_shape()).with_context(|| format!("in {}", p.display()))?;
             let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
-            (cfg, a.run.clone().unwrap_or_else(|| Path::new("runs").join(stem)), Some(ds))
+            let dir = match &resumed_dir {
+                Some((d, _)) => d.clone(),
+                None => Path::new("runs").join(stem),
+            };
+            (cfg, a.run.clone().unwrap_or(dir), Some(ds))
         }
-        (None, Some(r)) => {
-            let ck = checkpoint::resolve(r)?;
-            let (state, _) = checkpoint::load(&ck)?;
-            // <run>/checkpoints/step-N -> <run>
-            let run_dir = a.run.clone().unwrap_or_else(|| ck.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf());
-            (state.config, run_dir, None)
+        (None, Some((dir, ck))) => {
+            let (state, _) = checkpoint::load(ck)?;
+            (state.config, a.run.clone().unwrap_or_else(|| dir.clone()), None)
         }
         (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
     };
