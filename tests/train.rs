@@ -32,9 +32,17 @@ fn checkpoints_round_trip_and_corruption_is_refused() {
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = checkpoint::load(&out.checkpoint).err().expect("truncated checkpoint must be refused");
     assert!(format!("{e:#}").contains("corrupt or truncated"), "{e:#}");
-    // Garbage state.
+    // A well-formed state whose configuration is out of range (hand-edited: a negative lr).
     std::fs::write(&w, &bytes).unwrap();
-    std::fs::write(out.checkpoint.join(checkpoint::STATE), b"{not json").unwrap();
+    let spath = out.checkpoint.join(checkpoint::STATE);
+    let state = std::fs::read_to_string(&spath).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    v["config"]["optim"]["lr"] = serde_json::json!(-1.0);
+    std::fs::write(&spath, v.to_string()).unwrap();
+    let e = checkpoint::load(&out.checkpoint).err().expect("an invalid stored configuration must be refused");
+    assert!(format!("{e:#}").contains("holds an invalid configuration") && format!("{e:#}").contains("lr"), "{e:#}");
+    // Garbage state.
+    std::fs::write(spath, b"{not json").unwrap();
     let e = checkpoint::load(&out.checkpoint).err().expect("corrupt state must be refused");
     assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
     // Missing.

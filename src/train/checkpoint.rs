@@ -138,6 +138,7 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
     let state: State = serde_json::from_str(&text)
         .with_context(|| format!("{} is corrupt or not a msdiff checkpoint state", spath.display()))?;
     ensure!(state.format == FORMAT, "{}: unsupported checkpoint format '{}' (expected {FORMAT})", spath.display(), state.format);
+    state.config.validate().with_context(|| format!("{} holds an invalid configuration", spath.display()))?;
     let wpath = dir.join(WEIGHTS);
     ensure!(wpath.is_file(), "checkpoint {} has no {WEIGHTS}", dir.display());
     let named = Tensor::read_safetensors(&wpath)

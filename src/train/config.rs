@@ -163,28 +163,15 @@ impl TrainConfig {
             crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::param::default_sigma_data() },
             _ => Prediction::Eps,
         });
-        if let Prediction::Edm { sigma_data } = prediction {
-            ensure!(sigma_data.is_finite() && sigma_data > 0.0, "prediction.sigma_data must be > 0 (EDM: 0.5 for data in [-1, 1]), got {sigma_data}");
-        }
         let stages = model.num_stages();
         let split = resolve_split(&self.stages, base_dir, stages)?;
-        self.optim.validate()?;
-        self.ema.validate()?;
-        let t = &self.train;
-        ensure!(t.batch > 0, "train.batch must be > 0");
-        ensure!(t.steps > 0, "train.steps must be > 0");
-        ensure!(t.checkpoint_every > 0, "train.checkpoint_every must be > 0");
-        ensure!(t.keep_last > 0, "train.keep_last must be > 0");
-        ensure!(t.log_every > 0, "train.log_every must be > 0");
-        ensure!(t.sample_count > 0, "train.sample_count must be > 0");
-        let mut train = t.clone();
+        let mut train = self.train.clone();
         if train.sampler.is_none() {
             train.sampler = Some(match process {
                 crate::process::Process::Edm(_) => SamplerConfig::new(SamplerKind::Heun, 18),
                 _ => SamplerConfig::new(SamplerKind::DpmSolver3, 20),
             });
         }
-        train.sampler.as_ref().unwrap().validate(&process)?;
         let r = ResolvedConfig {
             data: self.data.clone(),
             model,
@@ -196,13 +183,37 @@ impl TrainConfig {
             ema: self.ema.clone(),
             train,
         };
-        // Stage sampler construction validates boundaries against the process's range.
-        super::objective::StageSampler::new(&process, &r.objective, &r.boundaries_sigma())?;
+        r.validate()?;
         Ok(r)
     }
 }
 
 impl ResolvedConfig {
+    /// Every value in range: run by [`TrainConfig::resolve`] and again on a checkpoint's stored
+    /// configuration when it is loaded (a hand-edited `state.json` must not train with, say, lr < 0).
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let process = self.process.build()?;
+        if let Prediction::Edm { sigma_data } = self.prediction {
+            ensure!(sigma_data.is_finite() && sigma_data > 0.0, "prediction.sigma_data must be > 0 (EDM: 0.5 for data in [-1, 1]), got {sigma_data}");
+        }
+        self.optim.validate()?;
+        self.ema.validate()?;
+        let t = &self.train;
+        ensure!(t.batch > 0, "train.batch must be > 0");
+        ensure!(t.steps > 0, "train.steps must be > 0");
+        ensure!(t.checkpoint_every > 0, "train.checkpoint_every must be > 0");
+        ensure!(t.keep_last > 0, "train.keep_last must be > 0");
+        ensure!(t.log_every > 0, "train.log_every must be > 0");
+        ensure!(t.sample_count > 0, "train.sample_count must be > 0");
+        if let Some(sampler) = &t.sampler {
+            sampler.validate(&process)?;
+        }
+        // Stage sampler construction validates boundaries against the process's range.
+        super::objective::StageSampler::new(&process, &self.objective, &self.boundaries_sigma())?;
+        Ok(())
+    }
+
     /// The process's short name (vp, ddpm, edm).
     pub fn process_name(&self) -> &'static str {
         match self.process {
