@@ -247,7 +247,7 @@ pub struct FrechetReport {
     pub warnings: Vec<String>,
 }
 
-/// Relative eigenvalue below which a negative eigenvalue is reported (not just clamped).
+/// Relative eigenvalue (to the largest) below which a negative eigenvalue is refused, not clamped.
 const NEG_EIG_TOL: f64 = 1e-9;
 
 /// (S + S^T) / 2: removes the rounding asymmetry of a product before a symmetric eigensolver.
@@ -284,31 +284,32 @@ pub fn frechet_distance_report(a: &FidStats, b: &FidStats) -> Result<FrechetRepo
     let mean_term = diff.dot(&diff).double_value(&[]);
 
     let mut min_rel_eig = 0f64;
-    let mut check = |ev: &Tensor, what: &str, warnings: &mut Vec<String>| -> Tensor {
+    let mut check = |ev: &Tensor, what: &str| -> Result<Tensor> {
         let max = ev.abs().max().double_value(&[]);
         let min = ev.min().double_value(&[]);
         let rel = if max > 0.0 { min / max } else { 0.0 };
         min_rel_eig = min_rel_eig.min(rel);
-        if rel < -NEG_EIG_TOL {
-            warnings.push(format!(
-                "{what} has a significantly negative eigenvalue {min:.3e} (largest {max:.3e}): \
-                 not a valid covariance? clamped to 0"
-            ));
-        }
+        // A covariance (and sqrt(S_a) S_b sqrt(S_a) of two) is positive semi-definite; rounding makes
+        // eigenvalues of about dim * eps * largest, far below this.
+        ensure!(
+            rel >= -NEG_EIG_TOL,
+            "FID: {what} has a significantly negative eigenvalue {min:.3e} (largest {max:.3e}): not a covariance; \
+             are both statistics files from `msdiff fid stats`?"
+        );
         // Eigenvalues below the eigensolver's resolution (dim * eps * largest) are rounding
         // noise around 0: zero them, so that rank-deficient covariances do not add
         // sqrt(noise) terms to the trace.
         let noise = max * ev.size()[0] as f64 * f64::EPSILON;
         let keep = ev.gt(noise);
-        ev.clamp_min(0.0) * keep.to_kind(Kind::Double)
+        Ok(ev.clamp_min(0.0) * keep.to_kind(Kind::Double))
     };
     let (la, va) = symmetrize(&sa).linalg_eigh("L");
-    let la = check(&la, "covariance A", &mut warnings);
+    let la = check(&la, "the first covariance")?;
     let sqrt_a = (&va * la.sqrt().unsqueeze(0)).matmul(&va.tr());
     let m = sqrt_a.matmul(&sb).matmul(&sqrt_a);
     // Only its eigenvalues are needed: eigvalsh skips the eigenvectors (about half the time of eigh).
     let lm = symmetrize(&m).linalg_eigvalsh("L");
-    let lm = check(&lm, "sqrt(S_a) S_b sqrt(S_a)", &mut warnings);
+    let lm = check(&lm, "sqrt(S_a) S_b sqrt(S_a) (so the second covariance)")?;
     let tr_sqrt = lm.sqrt().sum(Kind::Double).double_value(&[]);
     let tr_a = sa.trace().double_value(&[]);
     let tr_b = sb.trace().double_value(&[]);

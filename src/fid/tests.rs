@@ -193,6 +193,16 @@ fn fid_frechet_diagonal_and_commuting_closed_forms() {
     // Symmetry.
     let fid_ba = frechet_distance(&sb_, &sa_).unwrap();
     assert!((fid - fid_ba).abs() < 1e-9 * want, "{fid} vs {fid_ba}");
+    // Not covariances: one eigenvalue of -1 (largest ~3) on either side is refused, not clamped to 0.
+    let mut neg = b.copy();
+    let _ = neg.get(7).fill_(-1.0);
+    let bad = stats(&mu_b, &(&q * neg.unsqueeze(0)).matmul(&q.tr()), 10_000);
+    for (x, y) in [(&sa_, &bad), (&bad, &sa_)] {
+        let e = frechet_distance(x, y).unwrap_err().to_string();
+        assert!(e.contains("significantly negative eigenvalue"), "{e}");
+    }
+    neg = neg.abs(); // the same matrix made valid again is accepted
+    frechet_distance(&sa_, &stats(&mu_b, &(&q * neg.unsqueeze(0)).matmul(&q.tr()), 10_000)).unwrap();
 }
 
 #[test]
