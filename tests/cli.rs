@@ -161,6 +161,9 @@ fn info_reports_the_paper_model() {
     assert!(o.status.success(), "{}", stderr(&o));
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("237169337") || s.contains("237,169,337"), "{s}");
+    // A 3-stage split means nothing to a one-decoder net.
+    let split = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/split-fashion-mnist.json");
+    assert_user_error(&msdiff(&["info", "--preset", "small-unified", "--split", split.to_str().unwrap()]), "1 decoder(s)");
 }
 
 #[test]

@@ -41,7 +41,17 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
         (UNetConfig::preset(name)?, None)
     };
     let cuts = match (&a.split, split_t) {
-        (Some(p), _) => Split::load(p)?.boundaries_t,
+        (Some(p), _) => {
+            let s = Split::load(p)?;
+            anyhow::ensure!(
+                s.stages == cfg.num_stages(),
+                "{} splits into {} stages but the network has {} decoder(s); a split applies to a multi-stage net with one decoder per stage",
+                p.display(),
+                s.stages,
+                cfg.num_stages()
+            );
+            s.boundaries_t
+        }
         (None, Some(t)) => t,
         (None, None) => crate::cluster::uniform_cuts(cfg.num_stages().max(2))?.into_iter().take(cfg.num_stages().saturating_sub(1)).collect(),
     };
