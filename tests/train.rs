@@ -32,6 +32,13 @@ fn checkpoints_round_trip_and_corruption_is_refused() {
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = checkpoint::load(&out.checkpoint).err().expect("truncated checkpoint must be refused");
     assert!(format!("{e:#}").contains("corrupt or truncated"), "{e:#}");
+    // Weights of another dtype (a tool that re-saved them as f64).
+    std::fs::write(&w, &bytes).unwrap();
+    let mut named = tch::Tensor::read_safetensors(&w).unwrap();
+    named[0].1 = named[0].1.to_kind(tch::Kind::Double);
+    tch::Tensor::write_safetensors(&named.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), &w).unwrap();
+    let e = checkpoint::load(&out.checkpoint).err().expect("f64 weights must be refused");
+    assert!(format!("{e:#}").contains("expected f32"), "{e:#}");
     // A well-formed state whose configuration is out of range (hand-edited: a negative lr).
     std::fs::write(&w, &bytes).unwrap();
     let spath = out.checkpoint.join(checkpoint::STATE);

@@ -146,6 +146,8 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
         .with_context(|| format!("{} is corrupt or truncated", wpath.display()))?;
     let mut t = Tensors { model: vec![], ema: vec![], adam_m: vec![], adam_v: vec![] };
     for (name, v) in named {
+        // Checkpoints hold f32 only (bf16 runs store their f32 masters); anything else was not written here.
+        ensure!(v.kind() == tch::Kind::Float, "{}: tensor '{name}' is {:?}, expected f32: not an msdiff checkpoint", wpath.display(), v.kind());
         let (prefix, rest) = name.split_once('.').unwrap_or(("", &name));
         let entry = (rest.to_string(), v);
         match prefix {
