@@ -77,6 +77,10 @@ fn sample_bad_input_is_a_clear_error() {
     std::fs::write(&noise, b"not an npy file").unwrap();
     let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_user_error(&o, "init-noise");
+    // An --init-noise of the right shape but integers (an image, not x_T).
+    msdiff::io::npy::write_npy(&noise, &tch::Tensor::zeros([2, 1, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu))).unwrap();
+    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_user_error(&o, "must be a float array");
     assert!(!out.join("samples.npy").exists(), "no output may be written on error");
     // A checkpoint that does not exist.
     let o = msdiff(&["sample", "--model", d.join("nothing").to_str().unwrap(), "--out", out.to_str().unwrap()]);

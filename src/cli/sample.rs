@@ -100,6 +100,12 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
         let mut want = vec![seeds.len() as i64];
         want.extend_from_slice(&item);
         ensure!(t.size() == want, "--init-noise has shape {:?}, expected {:?} (one x_T per image)", t.size(), want);
+        ensure!(
+            matches!(t.kind(), tch::Kind::Float | tch::Kind::Double),
+            "--init-noise is {:?}; x_T must be a float array (f32 or f64), e.g. saved from numpy.random.randn",
+            t.kind()
+        );
+        ensure!(t.isfinite().all().int64_value(&[]) == 1, "--init-noise holds NaN or infinite values");
     }
     let n = seeds.len();
     let bar = progress(n as u64, "sample", g.quiet);
