@@ -100,6 +100,12 @@ pub fn is_oom(msg: &str) -> bool {
     ["out of memory", "outofmemoryerror", "not enough memory", "can't allocate memory", "cannot allocate memory"].iter().any(|k| m.contains(k))
 }
 
+/// The message of a panic payload (`panic!` with a string literal or a formatted `String`; empty
+/// for any other payload).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("")
+}
+
 /// The allocator's own sentence out of a libtorch error (which tch may wrap as
 /// ``called `Result::unwrap()` on an `Err` value: Torch("[enforce fail at ...] ...\nframe #0 ...")``).
 pub fn oom_core(msg: &str) -> &str {

@@ -58,9 +58,7 @@ pub fn main() -> i32 {
     // keep the default report.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let p = info.payload();
-        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("");
-        if !crate::runtime::is_oom(msg) {
+        if !crate::runtime::is_oom(crate::runtime::panic_text(info.payload())) {
             default_hook(info)
         }
     }));
@@ -75,16 +73,12 @@ pub fn main() -> i32 {
             2
         }
         Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            if crate::runtime::is_oom(&msg) {
-                eprintln!("msdiff: error: out of memory{OOM_HINT}; libtorch: {}", crate::runtime::oom_core(&msg));
+            let msg = crate::runtime::panic_text(p.as_ref());
+            if crate::runtime::is_oom(msg) {
+                eprintln!("msdiff: error: out of memory{OOM_HINT}; libtorch: {}", crate::runtime::oom_core(msg));
                 return 2;
             }
-            eprintln!("msdiff: internal error: {}", msg.lines().next().unwrap_or(""));
+            eprintln!("msdiff: internal error: {}", msg.lines().next().filter(|l| !l.is_empty()).unwrap_or("unknown panic"));
             1
         }
     }

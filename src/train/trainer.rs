@@ -326,13 +326,9 @@ fn guard_oom<T>(f: impl FnOnce() -> Result<T>, oom: &dyn Fn(String) -> anyhow::E
             Err(if is_oom(&msg) { oom(msg) } else { e })
         }
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            if is_oom(&msg) {
-                Err(oom(msg))
+            let msg = crate::runtime::panic_text(payload.as_ref());
+            if is_oom(msg) {
+                Err(oom(msg.to_string()))
             } else {
                 std::panic::resume_unwind(payload)
             }
