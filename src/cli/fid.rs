@@ -199,10 +199,11 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         None => first_n_seeds(a.n)?,
     };
     let precision = a.precision.parse()?;
-    if let Some(p) = &a.log {
-        // Fail now, not after the sampling and the FID.
-        std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the log {}", p.display()))?;
-    }
+    // Opened now, so that an unusable --log fails before the sampling and the FID, not after.
+    let mut log = match &a.log {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the log {}", p.display()))?),
+        None => None,
+    };
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
     let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);
@@ -224,7 +225,7 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         describe(s.n, r.n),
         a.reference.display()
     );
-    if let Some(p) = &a.log {
+    if let Some(f) = &mut log {
         use std::io::Write;
         let line = json!({
             "checkpoint": a.checkpoint, "step": l.step, "fid": rep.fid, "n": s.n, "n_ref": r.n, "sampler": sampler, "nfe": nfe,
@@ -232,8 +233,7 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
             "reference": a.reference, "sample_seconds": sample_s, "precision": precision,
             "seeds": a.seeds.clone().unwrap_or_else(|| format!("0-{}", a.n - 1)),
         });
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open {}", p.display()))?;
-        writeln!(f, "{line}")?;
+        writeln!(f, "{line}").with_context(|| format!("cannot write the log {}", a.log.as_deref().unwrap_or(Path::new("")).display()))?;
     }
     Ok(0)
 }
