@@ -105,9 +105,18 @@ pub fn validate_cuts(cuts: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// Most stages a split may have (a model has one decoder per stage).
+pub const MAX_STAGES: usize = 64;
+
+/// The one check of a stage count, shared by every splitting method.
+pub fn check_stages(stages: usize) -> Result<()> {
+    ensure!((2..=MAX_STAGES).contains(&stages), "need between 2 and {MAX_STAGES} stages (got {stages})");
+    Ok(())
+}
+
 /// Uniform split: cuts at i/K.
 pub fn uniform_cuts(stages: usize) -> Result<Vec<f64>> {
-    ensure!(stages >= 2, "need at least 2 stages (got {stages})");
+    check_stages(stages)?;
     Ok((1..stages).map(|i| i as f64 / stages as f64).collect())
 }
 

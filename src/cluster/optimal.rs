@@ -64,7 +64,7 @@ impl OptimalOptions {
     pub fn validate(&self, stages: usize) -> Result<()> {
         ensure!(self.alpha > 0.0 && self.alpha <= 1.0, "alpha must be in (0, 1], got {}", self.alpha);
         ensure!(self.eta > 0.0 && self.eta.is_finite(), "eta must be > 0, got {}", self.eta);
-        ensure!(stages >= 2, "need at least 2 stages (got {stages})");
+        super::check_stages(stages)?;
         ensure!(self.t_min > 0.0 && self.t_min < 1.0, "t_min must be in (0, 1), got {}", self.t_min);
         // Each stage should see at least ~20 samples for its boundary to mean anything.
         let need = 20 * stages;
@@ -187,7 +187,7 @@ pub fn algorithm1_cuts(c: &Curves, alpha: f64) -> Result<(f64, f64)> {
 
 /// Cuts for `stages` stages from Algorithm 1's (t1, t2) (module docs give the rule).
 pub fn stage_cuts(process: &Process, t1: f64, t2: f64, stages: usize) -> Result<Vec<f64>> {
-    ensure!(stages >= 2, "need at least 2 stages (got {stages})");
+    super::check_stages(stages)?;
     if t1 >= t2 {
         bail!(
             "the cuts cross (t1 = {t1:.4} >= t2 = {t2:.4}): at this alpha the data-regime and mean-regime overlap; raise alpha"

@@ -29,7 +29,7 @@ pub fn size_bounds(n: usize, stages: usize) -> (usize, usize) {
 
 /// Optimal cuts (in t) by dynamic programming over `n` grid cells.
 pub fn snr_cuts(process: &Process, stages: usize, n: usize) -> Result<Vec<f64>> {
-    ensure!(stages >= 2, "need at least 2 stages (got {stages})");
+    super::check_stages(stages)?;
     ensure!(n >= 2 * stages, "grid of {n} cells is too small for {stages} stages");
     let (lo, hi) = size_bounds(n, stages);
     let lam: Vec<f64> = (0..n).map(|i| process.lambda(grid_t(i, n))).collect();
