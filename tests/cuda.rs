@@ -7,7 +7,7 @@ use msdiff::data::{self, Dataset, LoadOptions};
 use msdiff::runtime::Precision;
 use msdiff::train::network::{Loaded, Network};
 use msdiff::train::{checkpoint, trainer, ResolvedConfig, TrainConfig, TrainOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn gpu() -> Option<Device> {
@@ -25,13 +25,6 @@ fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("msdiff-cuda-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn setup(steps: u64) -> (ResolvedConfig, Dataset) {
     let text = format!(
         "[data]\nspec = \"builtin\"\ncount = 256\n[model]\npreset = \"tiny\"\ndropout = 0.0\n[stages]\nboundaries_t = [0.3, 0.6]\n\
@@ -44,7 +37,7 @@ fn setup(steps: u64) -> (ResolvedConfig, Dataset) {
 }
 
 fn opts(run: &Path, device: Device) -> TrainOptions {
-    TrainOptions { run_dir: run.to_path_buf(), resume: None, device, progress: false, stop_after: None, write_samples: false }
+    TrainOptions { device, ..common::opts(run, None, None) }
 }
 
 /// max |a - b| relative to max |a| (both moved to the CPU).
@@ -80,7 +73,7 @@ fn cuda_train_steps_run_in_fp32_and_bf16() {
     for p in [Precision::Fp32, Precision::Bf16] {
         let (mut cfg, ds) = setup(5);
         cfg.train.precision = p;
-        let run = tmp(&format!("train-{p}"));
+        let run = common::tmp(&format!("cuda-train-{p}"));
         let out = trainer::train(&cfg, &ds, &opts(&run, dev)).unwrap();
         assert_eq!(out.step, 5);
         assert!(out.losses.iter().all(|l| l.1.is_finite()), "{p}: {:?}", out.losses);
@@ -95,7 +88,7 @@ fn cuda_samples_match_cpu_samples_with_the_same_seeds() {
     let Some(dev) = gpu() else { return };
     use msdiff::rng::SampleStreams;
     let (cfg, ds) = setup(3);
-    let run = tmp("sample");
+    let run = common::tmp("cuda-sample");
     let out = trainer::train(&cfg, &ds, &opts(&run, Device::Cpu)).unwrap();
     let sampler = cfg.train.sampler.clone().unwrap();
     let process = cfg.process.build().unwrap();
@@ -130,7 +123,7 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_msdiff"))
         .args(["--quiet", "--device", "cuda", "sample", "--model", "optimal", "--data", "builtin", "--data-limit", "10"])
         .args(["--n", "2", "--steps", "2", "--no-images", "--out"])
-        .arg(tmp("nodev"))
+        .arg(common::tmp("cuda-nodev"))
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
