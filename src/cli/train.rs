@@ -76,7 +76,8 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
             (cfg, a.run.clone().unwrap_or(dir), Some(ds))
         }
         (None, Some((dir, ck))) => {
-            let (state, _) = checkpoint::load(ck)?;
+            // The trainer reads the tensors; only the configuration is needed here.
+            let state = checkpoint::load_state(ck)?;
             (state.config, a.run.clone().unwrap_or_else(|| dir.clone()), None)
         }
         (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),

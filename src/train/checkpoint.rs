@@ -130,15 +130,26 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     bail!("{} holds no checkpoint (expected a step-N folder with {STATE} and {WEIGHTS}, or a run folder)", path.display())
 }
 
-/// Read a checkpoint's state and tensors, checking format and completeness.
-pub fn load(path: &Path) -> Result<(State, Tensors)> {
-    let dir = resolve(path)?;
+/// Read a checkpoint's state alone (format and configuration checked), without its tensors.
+pub fn load_state(path: &Path) -> Result<State> {
+    read_state(&resolve(path)?)
+}
+
+/// The state of the resolved checkpoint folder `dir`.
+fn read_state(dir: &Path) -> Result<State> {
     let spath = dir.join(STATE);
     let text = std::fs::read_to_string(&spath).with_context(|| format!("cannot read {}", spath.display()))?;
     let state: State = serde_json::from_str(&text)
         .with_context(|| format!("{} is corrupt or not a msdiff checkpoint state", spath.display()))?;
     ensure!(state.format == FORMAT, "{}: unsupported checkpoint format '{}' (expected {FORMAT})", spath.display(), state.format);
     state.config.validate().with_context(|| format!("{} holds an invalid configuration", spath.display()))?;
+    Ok(state)
+}
+
+/// Read a checkpoint's state and tensors, checking format and completeness.
+pub fn load(path: &Path) -> Result<(State, Tensors)> {
+    let dir = resolve(path)?;
+    let state = read_state(&dir)?;
     let wpath = dir.join(WEIGHTS);
     ensure!(wpath.is_file(), "checkpoint {} has no {WEIGHTS}", dir.display());
     let named = Tensor::read_safetensors(&wpath)
