@@ -1,4 +1,4 @@
-//! Timestep clustering against hand-derived answers (multistage-spec.md section 3).
+//! Timestep clustering against hand-derived answers (docs/METHOD.md §3).
 use msdiff::cluster::optimal::{agreement_curves, algorithm1_cuts, DataScale, OptimalOptions};
 use msdiff::cluster::snr::snr_cuts;
 use msdiff::process::{Process, ProcessConfig};
@@ -10,7 +10,7 @@ fn vp() -> Process {
 
 #[test]
 fn snr_split_reproduces_the_papers_cifar_cuts() {
-    // Table 4 of Zhang et al. (multistage-spec.md section 3): SNR split (0.348, 0.709) for the VP
+    // Table 4 of Zhang et al. (docs/METHOD.md §3): SNR split (0.348, 0.709) for the VP
     // process with a 1000-point grid and interval sizes within [N/2K, 3N/2K]. An independent
     // Python DP (same cost, grid t_i = (i+1)/1000) also gives 0.348 and 0.709.
     let cuts = snr_cuts(&vp(), 3, 1000).unwrap();

@@ -1,4 +1,4 @@
-//! The exact optimal denoiser (multistage-spec.md section 2) against independent oracles.
+//! The exact optimal denoiser (docs/METHOD.md §2) against independent oracles.
 use msdiff::denoiser::optimal::Precision;
 use msdiff::denoiser::{Denoiser, OptimalDenoiser};
 use msdiff::rng::Rng;

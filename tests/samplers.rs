@@ -268,7 +268,7 @@ fn nearest(x: &Tensor, data: &Tensor) -> Vec<(f64, f64)> {
 }
 
 /// Every sampler driven by the exact optimal denoiser of 6 random points in D = 16 (uniform in
-/// [-1, 1]^16; pairwise distances ~3.3) lands on a training point (spec section 2), on VP and EDM,
+/// [-1, 1]^16; pairwise distances ~3.3) lands on a training point (docs/METHOD.md §2), on VP and EDM,
 /// and the discrete DDPM chain (continuous view), with `Precision::F64` and the default `Mixed`.
 /// - Without the final jump the ODE ends at sigma_end, on the ray x~ = y + sigma_end e with
 ///   |e| ~ sqrt(D) = 4: bound 10 sigma_end sqrt(D) (0.42 VP, 0.08 EDM) and the second-nearest
@@ -401,7 +401,7 @@ impl<D: Denoiser> Denoiser for Counting<D> {
     }
 }
 
-/// NFE per the spec (section 6) and the reference implementations: single-step DPM-Solver's
+/// NFE per docs/METHOD.md §6 and the reference implementations: single-step DPM-Solver's
 /// `steps` is the NFE with the "DPM-Solver-fast" orders (20 -> six 3rd-order steps + one
 /// 2nd-order); multistep: one NFE per step; Heun 2n - 1 (18 -> 35, EDM's CIFAR-10 setting).
 #[test]
@@ -496,7 +496,7 @@ fn golden_dpm_solver_logsnr_grid() {
     }
 }
 
-/// EDM's sigma grid for n = 18, sigma 0.002..80, rho 7 (EDM `generate.py` / spec section 6),
+/// EDM's sigma grid for n = 18, sigma 0.002..80, rho 7 (EDM `generate.py` / docs/METHOD.md §6),
 /// then 0. Reference values from Python: (80^(1/7) + i/17 (0.002^(1/7) - 80^(1/7)))^7.
 #[test]
 fn golden_karras_sigmas() {

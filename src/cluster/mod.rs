@@ -1,4 +1,4 @@
-//! Timestep clustering: where the stage boundaries come from (multistage-spec.md section 3).
+//! Timestep clustering: where the stage boundaries come from (docs/METHOD.md §3).
 //!
 //! * [`optimal`]: Algorithm 1 of Zhang et al. — agreement of the optimal denoiser with its
 //!   t -> 0 and t -> 1 limit forms — and its generalisation to K != 3 stages.

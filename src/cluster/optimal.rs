@@ -1,10 +1,10 @@
-//! Algorithm 1 of Zhang et al. (multistage-spec.md section 3), as the official code computes it.
+//! Algorithm 1 of Zhang et al. (docs/METHOD.md §3), as the official code computes it.
 //!
 //! For K Monte-Carlo triples (y, z, t), t ~ U[t_min, 1], the scaled sample x~ = y + sigma_t z and
 //! the optimal denoiser's posterior mean m over the whole dataset give
 //!   S0 = fraction of pixels with |y - m|    <= eta sigma_t   (agreement with the t -> 0 form)
 //!   S1 = fraction of pixels with |ybar - m| <= eta sigma_t   (agreement with the t -> 1 form)
-//! (|e_t - e_0| = |y - m|/sigma and |e_t - e_1| = |ybar - m|/sigma in the spec's notation.)
+//! (|e_t - e_0| = |y - m|/sigma and |e_t - e_1| = |ybar - m|/sigma in the notation of docs/METHOD.md §3.)
 //! Sorted by t: t1 = the largest t_k whose prefix mean of S0 is >= alpha; t2 = the smallest t_k
 //! whose suffix mean of S1 is >= alpha.
 //!

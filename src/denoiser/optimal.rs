@@ -1,11 +1,11 @@
-//! The exact optimal denoiser of a finite dataset (multistage-spec.md section 2, Proposition 1).
+//! The exact optimal denoiser of a finite dataset (docs/METHOD.md §2, Proposition 1).
 //!
 //! Treating the training set {y_i} as the data distribution, the posterior mean of x0 given the
 //! scaled sample x~ = x0 + sigma eps is
 //!
 //!   m(x~, sigma) = sum_i w_i y_i,   w = softmax_i(-||x~ - y_i||^2 / (2 sigma^2)),
 //!
-//! (the spec's form in process space, ||x - s y||^2 / (2 s^2 sigma^2), is the same number).
+//! (the process-space form of docs/METHOD.md §2, ||x - s y||^2 / (2 s^2 sigma^2), is the same number).
 //! Distances come from matrix products: ||x~ - y||^2 = ||x~||^2 - 2 x~.y + ||y||^2; the
 //! ||x~||^2 term is constant per row and cancels in the softmax, so logits are
 //! (2 x~.y - ||y||^2) / (2 sigma^2), with the row maximum subtracted before exponentiating.

@@ -9,7 +9,7 @@
 //!
 //! The default is the paper's CIFAR-10 multistage model (score_sde NCSN++ "deep" layout, the
 //! official `cifar10_ncsnpp_multistage_deep_continuous_v2` config); see
-//! `docs/multistage-spec.md` section 4.
+//! `docs/METHOD.md` §4.
 
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,7 @@ pub struct UNetConfig {
     /// Default `multistage`.
     pub architecture: Architecture,
     /// GroupNorm uses `min(C / 4, norm_max_groups)` groups. score_sde uses 32; the official
-    /// multistage code (and the spec) use 16. Parameter counts do not depend on it. Default 16.
+    /// multistage code (and docs/METHOD.md §4) use 16. Parameter counts do not depend on it. Default 16.
     pub norm_max_groups: usize,
     /// GroupNorm epsilon. Default 1e-6.
     pub norm_eps: f64,
@@ -145,7 +145,7 @@ pub const PRESETS: &[&str] = &[
 impl UNetConfig {
     /// A named preset (see [`PRESETS`]). Resolution / channels can be overridden afterwards.
     ///
-    /// - `cifar10-multistage`: the paper's model (spec section 4): encoder 128, decoders
+    /// - `cifar10-multistage`: the paper's model (docs/METHOD.md §4): encoder 128, decoders
     ///   192/128/16, mult 1,2,2,2, 8 blocks, attention at 16, FIR, input pyramid; 237,169,337
     ///   parameters stored.
     /// - `cifar10-unified`: the same with one 128 decoder (NCSN++ deep, 107,521,411).

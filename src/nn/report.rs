@@ -10,7 +10,7 @@
 //!   nearest up-sampling 0.
 //!
 //! Not counted: biases, GroupNorm, SiLU, softmax, additions, dropout, the sinusoid, gathers.
-//! With these rules the paper preset gives 62.0 / 37.2 / 14.3 GFLOP (spec section 4).
+//! With these rules the paper preset gives 62.0 / 37.2 / 14.3 GFLOP (docs/METHOD.md §4).
 
 use std::fmt;
 
@@ -188,7 +188,7 @@ pub struct ModelReport {
     pub num_stages: usize,
     /// Time-embedding MLP parameters (one copy).
     pub embedding_params: u64,
-    /// Encoder parameters including the time embedding (one copy; the spec's "encoder").
+    /// Encoder parameters including the time embedding (one copy; the "encoder" of docs/METHOD.md §4).
     pub encoder_params: u64,
     /// Parameters of each decoder.
     pub decoder_params: Vec<u64>,

@@ -1,7 +1,7 @@
 //! Noise processes: where a noisy sample sits for each time t.
 //!
-//! Every process has the kernel `x_t = s_t x0 + s_t sigma_t eps` (`../shared/docs/multistage-spec.md`
-//! section 1): `s_t` is the signal scale ([`Process::scale`]) and `sigma_t` the noise-to-signal
+//! Every process has the kernel `x_t = s_t x0 + s_t sigma_t eps` (`docs/METHOD.md`
+//! §1): `s_t` is the signal scale ([`Process::scale`]) and `sigma_t` the noise-to-signal
 //! ratio ([`Process::sigma`]); the noise std is `s_t sigma_t`. The half log-SNR is
 //! `lambda = log(s_t) - log(s_t sigma_t) = -ln sigma_t`.
 //!
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn paper_boundaries_map_to_published_edm_sigmas() {
-        // multistage-spec.md section 1 maps the VP cuts to EDM sigma 2.5103 and 7.6577, with
+        // docs/METHOD.md §1 maps the VP cuts to EDM sigma 2.5103 and 7.6577, with
         // sigma = sqrt(exp(t^2 (b1-b0)/2 + t b0) - 1). An independent Python evaluation of that
         // formula gives sigma(0.442) = 2.510267 and sigma(0.636) = 7.657710; note that 7.6577 is
         // the image of t = 0.636, not of the t2 = 0.6308 quoted for CIFAR-10 (sigma(0.6308) = 7.404576).

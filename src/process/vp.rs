@@ -1,6 +1,6 @@
 //! Continuous VP-SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021).
 //!
-//! log s_t = -t^2 (beta_max - beta_min)/4 - t beta_min/2 (multistage-spec.md section 1).
+//! log s_t = -t^2 (beta_max - beta_min)/4 - t beta_min/2 (docs/METHOD.md §1).
 use anyhow::{bail, Result};
 
 pub fn default_beta_min() -> f64 {

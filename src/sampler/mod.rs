@@ -6,7 +6,7 @@
 //! so a multi-stage denoiser can route each sample (and each intermediate solver point) to its
 //! stage's decoder. One batched denoiser call counts as one network evaluation (NFE).
 //!
-//! Conventions (multistage-spec.md section 6; they make msdiff's outputs equal the reference
+//! Conventions (docs/METHOD.md §6; they make msdiff's outputs equal the reference
 //! implementations' on identical noise):
 //! - sampling starts at `x~_T = process.prior_scale(t_start) * noise`;
 //! - the VP-space formulas of DDIM/DDPM/DPM-Solver(++) are rewritten exactly in `x~` (divide
@@ -39,74 +39,104 @@ use std::fmt;
 use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
-/// Which sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum SamplerKind {
-    /// DDPM ancestral sampling (Ho et al. 2020).
-    #[serde(rename = "ddpm")]
-    Ddpm,
-    /// DDIM with stochasticity `eta` (Song, Meng & Ermon 2021).
-    #[serde(rename = "ddim")]
-    Ddim,
-    /// Single-step DPM-Solver-1 (Lu et al. 2022) = DDIM(eta = 0) on the same grid.
-    #[serde(rename = "dpm-solver-1")]
-    DpmSolver1,
-    /// Single-step DPM-Solver-2 (Lu et al. 2022, Algorithm 1, r1 = 1/2).
-    #[serde(rename = "dpm-solver-2")]
-    DpmSolver2,
-    /// Single-step DPM-Solver-3 (Lu et al. 2022, Algorithm 2, r1 = 1/3, r2 = 2/3).
-    #[serde(rename = "dpm-solver-3")]
-    DpmSolver3,
-    /// Multistep DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
-    #[serde(rename = "dpm-solver++-2m")]
-    DpmSolverPp2M,
-    /// Multistep DPM-Solver++(3M) (Lu et al. 2022b; the reference implementation's third-order
-    /// multistep update with its D2 coefficient corrected to third order, see [`dpm_solver_pp`]).
-    #[serde(rename = "dpm-solver++-3m")]
-    DpmSolverPp3M,
-    /// EDM deterministic/stochastic Euler (Karras et al. 2022, Algorithm 2 without the correction).
-    #[serde(rename = "euler")]
-    Euler,
-    /// EDM Heun's 2nd-order method (Karras et al. 2022, Algorithms 1 and 2).
-    #[serde(rename = "heun")]
-    Heun,
+/// Declares a fieldless enum in which each variant's name is written once and serves the CLI
+/// (`clap::ValueEnum`, so `--help` lists the choices), configuration files and checkpoints (serde),
+/// `Display` and `FromStr`. `$what` names the kind of value in parse errors.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $ty:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+        $vis enum $ty {
+            $($(#[$vmeta])* #[value(name = $name)] $variant,)+
+        }
+
+        impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+            /// Every name, in declaration order.
+            pub const NAMES: [&'static str; [$($name),+].len()] = [$($name),+];
+
+            /// The CLI/configuration name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match $ty::ALL.iter().find(|k| k.name() == s) {
+                    Some(k) => Ok(*k),
+                    None => bail!("unknown {} '{s}' (expected one of: {})", $what, $ty::NAMES.join(", ")),
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(|_| serde::de::Error::unknown_variant(&s, &$ty::NAMES))
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Which sampler.
+    pub enum SamplerKind ("sampler") {
+        /// DDPM ancestral sampling (Ho et al. 2020).
+        Ddpm = "ddpm",
+        /// DDIM with stochasticity `eta` (Song, Meng & Ermon 2021).
+        Ddim = "ddim",
+        /// Single-step DPM-Solver-1 (Lu et al. 2022) = DDIM(eta = 0) on the same grid.
+        DpmSolver1 = "dpm-solver-1",
+        /// Single-step DPM-Solver-2 (Lu et al. 2022, Algorithm 1, r1 = 1/2).
+        DpmSolver2 = "dpm-solver-2",
+        /// Single-step DPM-Solver-3 (Lu et al. 2022, Algorithm 2, r1 = 1/3, r2 = 2/3).
+        DpmSolver3 = "dpm-solver-3",
+        /// Multistep DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
+        DpmSolverPp2M = "dpm-solver++-2m",
+        /// Multistep DPM-Solver++(3M) as the reference implementation does it (D2 weighted by phi_3;
+        /// converges at order 2, see [`dpm_solver_pp`]).
+        DpmSolverPp3M = "dpm-solver++-3m",
+        /// Multistep DPM-Solver++(3M) with the third-order D2 coefficient 2 phi_3 (converges at
+        /// order 3, see [`dpm_solver_pp`]).
+        DpmSolverPp3MExact = "dpm-solver++-3m-exact",
+        /// EDM deterministic/stochastic Euler (Karras et al. 2022, Algorithm 2 without the correction).
+        Euler = "euler",
+        /// EDM Heun's 2nd-order method (Karras et al. 2022, Algorithms 1 and 2).
+        Heun = "heun",
+    }
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 9] = [
-        SamplerKind::Ddpm,
-        SamplerKind::Ddim,
-        SamplerKind::DpmSolver1,
-        SamplerKind::DpmSolver2,
-        SamplerKind::DpmSolver3,
-        SamplerKind::DpmSolverPp2M,
-        SamplerKind::DpmSolverPp3M,
-        SamplerKind::Euler,
-        SamplerKind::Heun,
-    ];
-
-    /// The CLI/config name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Ddim => "ddim",
-            SamplerKind::DpmSolver1 => "dpm-solver-1",
-            SamplerKind::DpmSolver2 => "dpm-solver-2",
-            SamplerKind::DpmSolver3 => "dpm-solver-3",
-            SamplerKind::DpmSolverPp2M => "dpm-solver++-2m",
-            SamplerKind::DpmSolverPp3M => "dpm-solver++-3m",
-            SamplerKind::Euler => "euler",
-            SamplerKind::Heun => "heun",
-        }
-    }
-
     /// The method's default spacing: logSNR for single-step DPM-Solver (the paper's choice),
     /// time-uniform for DDPM/DDIM/DPM-Solver++ (the reference implementation's default
     /// `skip_type`), Karras for Euler/Heun (EDM).
     pub fn default_spacing(self) -> Spacing {
         match self {
             SamplerKind::DpmSolver1 | SamplerKind::DpmSolver2 | SamplerKind::DpmSolver3 => Spacing::LogSnr,
-            SamplerKind::Ddpm | SamplerKind::Ddim | SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M => {
+            SamplerKind::Ddpm | SamplerKind::Ddim => Spacing::TimeUniform,
+            SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M | SamplerKind::DpmSolverPp3MExact => {
                 Spacing::TimeUniform
             }
             SamplerKind::Euler | SamplerKind::Heun => Spacing::Karras,
@@ -117,88 +147,44 @@ impl SamplerKind {
     pub fn is_edm_family(self) -> bool {
         matches!(self, SamplerKind::Euler | SamplerKind::Heun)
     }
-}
 
-impl fmt::Display for SamplerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+    /// Multistep DPM-Solver++ (2M, 3M, 3M-exact).
+    pub fn is_multistep(self) -> bool {
+        matches!(self, SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M | SamplerKind::DpmSolverPp3MExact)
     }
 }
 
-impl FromStr for SamplerKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match SamplerKind::ALL.iter().find(|k| k.name() == s) {
-            Some(k) => Ok(*k),
-            None => {
-                let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
-                bail!("unknown sampler '{s}' (expected one of: {})", names.join(", "))
-            }
-        }
+named_enum! {
+    /// How the time points are laid out between `t_start` and `t_end`.
+    pub enum Spacing ("spacing") {
+        /// Uniform in the half log-SNR lambda = -ln sigma (DPM-Solver's `logSNR`).
+        LogSnr = "logsnr",
+        /// Uniform in the process's time variable (DPM-Solver's `time_uniform`; EDM: uniform in sigma).
+        TimeUniform = "time-uniform",
+        /// Uniform in sqrt(t), then squared (DPM-Solver's `time_quadratic`).
+        TimeQuadratic = "time-quadratic",
+        /// Karras et al. 2022 eq. 5: uniform in sigma^(1/rho).
+        Karras = "karras",
     }
 }
 
-/// How the time points are laid out between `t_start` and `t_end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Spacing {
-    /// Uniform in the half log-SNR lambda = -ln sigma (DPM-Solver's `logSNR`).
-    #[serde(rename = "logsnr")]
-    LogSnr,
-    /// Uniform in the process's time variable (DPM-Solver's `time_uniform`; EDM: uniform in sigma).
-    #[serde(rename = "time-uniform")]
-    TimeUniform,
-    /// Uniform in sqrt(t), then squared (DPM-Solver's `time_quadratic`).
-    #[serde(rename = "time-quadratic")]
-    TimeQuadratic,
-    /// Karras et al. 2022 eq. 5: uniform in sigma^(1/rho).
-    #[serde(rename = "karras")]
-    Karras,
-}
-
-impl Spacing {
-    pub const ALL: [Spacing; 4] = [Spacing::LogSnr, Spacing::TimeUniform, Spacing::TimeQuadratic, Spacing::Karras];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Spacing::LogSnr => "logsnr",
-            Spacing::TimeUniform => "time-uniform",
-            Spacing::TimeQuadratic => "time-quadratic",
-            Spacing::Karras => "karras",
-        }
+named_enum! {
+    /// DDPM's per-step noise variance.
+    pub enum DdpmVariance ("DDPM variance") {
+        /// The posterior variance beta-tilde (Ho et al. 2020 "fixedsmall"; = DDIM with eta = 1).
+        Posterior = "posterior",
+        /// The forward transition variance beta (Ho et al. 2020 "fixedlarge"), with the same
+        /// posterior mean. Over a step sigma_s -> sigma_t (sigma_t < sigma_s) this is, in x~ space,
+        /// (sigma_s^2 - sigma_t^2) (alpha_s / alpha_t)^2: beta / alpha_t^2 for VP, sigma_s^2 - sigma_t^2
+        /// for EDM/VE.
+        Forward = "forward",
     }
 }
 
-impl fmt::Display for Spacing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl Default for DdpmVariance {
+    fn default() -> Self {
+        DdpmVariance::Posterior
     }
-}
-
-impl FromStr for Spacing {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match Spacing::ALL.iter().find(|k| k.name() == s) {
-            Some(k) => Ok(*k),
-            None => {
-                let names: Vec<&str> = Spacing::ALL.iter().map(|k| k.name()).collect();
-                bail!("unknown spacing '{s}' (expected one of: {})", names.join(", "))
-            }
-        }
-    }
-}
-
-/// DDPM's per-step noise variance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DdpmVariance {
-    /// The posterior variance beta-tilde (Ho et al. 2020 "fixedsmall"; = DDIM with eta = 1).
-    #[default]
-    Posterior,
-    /// The forward transition variance beta (Ho et al. 2020 "fixedlarge"), with the same
-    /// posterior mean. Over a step sigma_s -> sigma_t (sigma_t < sigma_s) this is, in x~ space,
-    /// (sigma_s^2 - sigma_t^2) (alpha_s / alpha_t)^2: beta / alpha_t^2 for VP, sigma_s^2 - sigma_t^2
-    /// for EDM/VE.
-    Forward,
 }
 
 fn default_rho() -> f64 {
@@ -233,8 +219,8 @@ fn de_tmax<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error
 #[serde(deny_unknown_fields)]
 pub struct SamplerConfig {
     pub kind: SamplerKind,
-    /// Number of steps; for single-step DPM-Solver the NFE budget ("DPM-Solver-fast", spec
-    /// section 6); for Euler/Heun the number n of nonzero sigmas (Heun: 2n - 1 NFE).
+    /// Number of steps; for single-step DPM-Solver the NFE budget ("DPM-Solver-fast", docs/METHOD.md
+    /// §6); for Euler/Heun the number n of nonzero sigmas (Heun: 2n - 1 NFE).
     pub steps: usize,
     /// `None`: the method's default ([`SamplerKind::default_spacing`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,7 +424,7 @@ pub fn spaced_points(
 }
 
 /// Orders of single-step DPM-Solver with an NFE budget (Lu et al. 2022, "DPM-Solver-fast";
-/// spec section 6). Order 1: `steps` first-order steps.
+/// docs/METHOD.md §6). Order 1: `steps` first-order steps.
 pub fn singlestep_orders(order: usize, steps: usize) -> Vec<usize> {
     match order {
         3 => {
