@@ -5,7 +5,7 @@
 //!
 //! `scripts/with-libtorch cargo run --release --example train_step_profile -- reference-6.5m 32 3 2`
 use msdiff::nn::UNetConfig;
-use msdiff::train::network::Network;
+use msdiff::model::Network;
 use msdiff::train::optim::{gradients, Adam, OptimConfig};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

@@ -6,12 +6,13 @@
 //! | module | concept |
 //! |---|---|
 //! | [`process`] | noise processes (VP-SDE, discrete DDPM, EDM): t <-> sigma <-> log-SNR |
-//! | [`param`] | parameterisations: eps / x0 / v prediction, EDM preconditioning |
+//! | [`objective`] | preconditioning, noise label, stage draws and the loss: the trainer's loss and the sampler's denoiser |
 //! | [`denoiser`] | the denoiser abstraction; the exact optimal denoiser of a dataset |
 //! | [`sampler`] | DDPM, DDIM, DPM-Solver(++), EDM Euler/Heun, all on any denoiser |
 //! | [`cluster`] | timestep clustering (Algorithm 1) and the baseline splits |
 //! | [`nn`] | layers and the multi-decoder U-Net |
-//! | [`train`] | objectives, stage sampling, optimiser, EMA, checkpoints, the loop |
+//! | [`model`] | a network with its variable store; a trained one loaded from a checkpoint |
+//! | [`train`] | the training step and loop, optimiser, EMA, checkpoints |
 //! | [`fid`] | Inception-v3 features and the Frechet distance |
 //! | [`data`] | dataset readers and the built-in procedural dataset |
 //! | [`io`] | .npy, PNG, atomic file writes |
@@ -26,8 +27,9 @@ pub mod data;
 pub mod denoiser;
 pub mod fid;
 pub mod io;
+pub mod model;
 pub mod nn;
-pub mod param;
+pub mod objective;
 pub mod plot;
 pub mod process;
 pub mod rng;

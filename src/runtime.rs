@@ -1,4 +1,5 @@
 //! Devices and threads.
+use std::time::Instant;
 use anyhow::{bail, Result};
 use tch::{Device, Tensor};
 
@@ -126,4 +127,36 @@ pub fn progress_bar(len: u64, prefix: &str, quiet: bool) -> indicatif::ProgressB
     );
     bar.set_prefix(prefix.to_string());
     bar
+}
+
+/// Median of `v` (the upper middle value for an even count); `v` must not be empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Run `f` once to warm up, then `repeats` times (at least once); the median wall time in s.
+pub fn time_median<F: FnMut()>(repeats: usize, mut f: F) -> f64 {
+    f(); // warm-up
+    median((0..repeats.max(1)).map(|_| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    }).collect())
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(l.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+/// The processor's model name and libtorch's thread count, for benchmark reports.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {} libtorch threads", tch::get_num_threads())
 }

@@ -5,7 +5,7 @@ mod common;
 
 use msdiff::data::{self, Dataset, LoadOptions};
 use msdiff::runtime::Precision;
-use msdiff::train::network::{Loaded, Network};
+use msdiff::model::{Loaded, Network};
 use msdiff::train::{checkpoint, trainer, ResolvedConfig, TrainConfig, TrainOptions};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -53,7 +53,7 @@ fn cuda_forward_of_the_tiny_model_matches_the_cpu() {
     tch::manual_seed(7);
     let cpu = Network::new(&cfg.model, Device::Cpu).unwrap();
     let gpu_net = Network::new(&cfg.model, dev).unwrap();
-    checkpoint::copy_into(&gpu_net.params(), &cpu.params(), "weights").unwrap();
+    msdiff::model::copy_into(&gpu_net.params(), &cpu.params(), "weights").unwrap();
     let x = Tensor::randn([6, 1, 16, 16], (Kind::Float, Device::Cpu));
     let label = Tensor::from_slice(&[0.1f32, 5.0, 50.0, 200.0, 600.0, 990.0]);
     let stage = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);

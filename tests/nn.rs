@@ -1,5 +1,5 @@
 //! Tests of the multi-decoder U-Net (src/nn). Expected parameter counts and GFLOPs are from
-//! docs/multistage-spec.md section 4 (the official multistage code's instantiated counts).
+//! docs/METHOD.md §4 (the official multistage code's instantiated counts).
 
 use msdiff::nn::{
     report, Architecture, DecoderAttn, MultiStageUNet, Resample, ResampleWith, UNetConfig, PRESETS,
@@ -15,6 +15,20 @@ fn build(cfg: &UNetConfig) -> (VarStore, MultiStageUNet) {
 
 fn numel(ts: &[Tensor]) -> u64 {
     ts.iter().map(|t| t.numel() as u64).sum()
+}
+
+/// The variables whose VarStore name starts with one of `prefixes` (the one parameter registry).
+fn under(vs: &VarStore, prefixes: &[&str]) -> Vec<Tensor> {
+    msdiff::model::params_under(vs, prefixes).into_iter().map(|(_, t)| t).collect()
+}
+
+/// Time embedding + encoder: the shared trunk (multistage), or every stage's trunk (separate).
+fn encoder(vs: &VarStore) -> Vec<Tensor> {
+    under(vs, &["embed.", "encoder."])
+}
+
+fn decoder(vs: &VarStore, j: usize) -> Vec<Tensor> {
+    under(vs, &[&format!("decoder.{j}.")])
 }
 
 /// Replaces the (near-zero-initialised) weights by O(1)-scaled random ones, so outputs and
@@ -46,7 +60,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn paper_preset_counts_match_spec_exactly_analytic() {
-    // Spec section 4: encoder 43,482,624; decoders 125,995,843 / 64,038,787 / 3,652,083;
+    // docs/METHOD.md §4: encoder 43,482,624; decoders 125,995,843 / 64,038,787 / 3,652,083;
     // per-stage networks 169,478,467 / 107,521,411 / 47,134,707; 237,169,337 stored.
     let r = report(&UNetConfig::preset("cifar10-multistage").unwrap(), &[0.442, 0.6308]).unwrap();
     assert_eq!(r.encoder_params, 43_482_624);
@@ -75,9 +89,9 @@ fn paper_preset_counts_match_spec_exactly_analytic() {
 fn paper_preset_counts_match_spec_varstore() {
     // Builds the real 237 M-parameter model (~0.95 GB of f32, no forward pass).
     let cfg = UNetConfig::preset("cifar10-multistage").unwrap();
-    let (vs, net) = build(&cfg);
-    assert_eq!(numel(&net.encoder_params()), 43_482_624);
-    let decs: Vec<u64> = (0..3).map(|j| numel(&net.decoder_params(j))).collect();
+    let (vs, _net) = build(&cfg);
+    assert_eq!(numel(&encoder(&vs)), 43_482_624);
+    let decs: Vec<u64> = (0..3).map(|j| numel(&decoder(&vs, j))).collect();
     assert_eq!(decs, vec![125_995_843, 64_038_787, 3_652_083]);
     let total: u64 = vs.variables().values().map(|t| t.numel() as u64).sum();
     assert_eq!(total, 237_169_337);
@@ -111,20 +125,21 @@ fn analytic_counts_match_varstore() {
         let s = cfg.num_stages();
         let interior: Vec<f64> = (1..s).map(|j| j as f64 / s as f64).collect();
         let r = report(&cfg, &interior).unwrap();
-        let (vs, net) = build(&cfg);
+        let (vs, _net) = build(&cfg);
         let stored: u64 = vs.variables().values().map(|t| t.numel() as u64).sum();
         assert_eq!(stored, r.total_params, "{cfg:?}");
-        // The helpers see every variable exactly once.
-        assert_eq!(net.params().len(), vs.variables().len());
-        assert_eq!(numel(&net.params()), stored);
+        // The encoder and decoder prefixes partition the variables: each is seen exactly once.
+        let decs: Vec<Vec<Tensor>> = (0..cfg.num_stages()).map(|j| decoder(&vs, j)).collect();
+        assert_eq!(encoder(&vs).len() + decs.iter().map(Vec::len).sum::<usize>(), vs.variables().len());
+        assert_eq!(numel(&encoder(&vs)) + decs.iter().map(|d| numel(d)).sum::<u64>(), stored);
         for j in 0..cfg.num_stages() {
-            assert_eq!(numel(&net.decoder_params(j)), r.decoder_params[j], "decoder {j} of {cfg:?}");
+            assert_eq!(numel(&decoder(&vs, j)), r.decoder_params[j], "decoder {j} of {cfg:?}");
         }
         let trunks = match cfg.architecture {
             Architecture::Multistage => 1,
             Architecture::Separate => cfg.num_stages() as u64,
         };
-        assert_eq!(numel(&net.encoder_params()), trunks * r.encoder_params);
+        assert_eq!(numel(&encoder(&vs)), trunks * r.encoder_params);
         // Decoder j's variables live under `decoder.{j}.`.
         for j in 0..cfg.num_stages() {
             let prefix = format!("decoder.{j}.");
@@ -228,7 +243,7 @@ fn gradients_reach_encoder_and_only_active_decoders() {
     let ids = [0i64, 1, 2, 1, 0, 2];
     let stage = Tensor::from_slice(&ids);
     for j in 0..3i64 {
-        for p in net.params() {
+        for p in vs.trainable_variables() {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.zero_();
@@ -239,10 +254,10 @@ fn gradients_reach_encoder_and_only_active_decoders() {
         let mask = Tensor::from_slice(&ids.map(|s| if s == j { 1.0f32 } else { 0.0 })).reshape([6, 1, 1, 1]);
         let loss = (y * mask).square().sum(Kind::Float);
         loss.backward();
-        let enc = grad_norm(&net.encoder_params()).unwrap();
+        let enc = grad_norm(&encoder(&vs)).unwrap();
         assert!(enc > 0.0, "encoder gets gradient from stage {j}'s samples");
         for k in 0..3 {
-            let g = grad_norm(&net.decoder_params(k)).unwrap_or(0.0);
+            let g = grad_norm(&decoder(&vs, k)).unwrap_or(0.0);
             if k as i64 == j {
                 assert!(g > 0.0, "decoder {k} must get gradient");
             } else {
@@ -262,10 +277,10 @@ fn decoder_without_samples_gets_no_gradient() {
     let stage = Tensor::from_slice(&[0i64, 2, 0, 2]); // nobody in stage 1
     let loss = net.forward(&x, &t, &stage, true).unwrap().square().mean(Kind::Float);
     loss.backward();
-    assert!(grad_norm(&net.decoder_params(0)).unwrap() > 0.0);
-    assert!(grad_norm(&net.decoder_params(2)).unwrap() > 0.0);
-    assert!(grad_norm(&net.decoder_params(1)).is_none(), "decoder 1 was not run: grad must be undefined");
-    assert!(grad_norm(&net.encoder_params()).unwrap() > 0.0);
+    assert!(grad_norm(&decoder(&vs, 0)).unwrap() > 0.0);
+    assert!(grad_norm(&decoder(&vs, 2)).unwrap() > 0.0);
+    assert!(grad_norm(&decoder(&vs, 1)).is_none(), "decoder 1 was not run: grad must be undefined");
+    assert!(grad_norm(&encoder(&vs)).unwrap() > 0.0);
 
     // Separate: stage 1's whole network (embedding, encoder, decoder) gets nothing.
     let cfg = UNetConfig { architecture: Architecture::Separate, ..cfg };
@@ -273,9 +288,11 @@ fn decoder_without_samples_gets_no_gradient() {
     randomize(&vs, 5);
     let loss = net.forward(&x, &t, &stage, true).unwrap().square().mean(Kind::Float);
     loss.backward();
-    assert!(grad_norm(&net.stage_only_params(1)).is_none());
-    assert!(grad_norm(&net.stage_only_params(0)).unwrap() > 0.0);
-    assert!(net.shared_params().is_empty());
+    let stage_only = |j: usize| under(&vs, &[&format!("embed.{j}."), &format!("encoder.{j}."), &format!("decoder.{j}.")]);
+    assert!(grad_norm(&stage_only(1)).is_none());
+    assert!(grad_norm(&stage_only(0)).unwrap() > 0.0);
+    // Nothing is shared: every variable belongs to one stage's network.
+    assert_eq!((0..3).map(|j| stage_only(j).len()).sum::<usize>(), vs.variables().len());
 }
 
 #[test]

@@ -3,7 +3,7 @@ mod common;
 use common::{all_tensors, opts, tmp};
 use msdiff::data::Dataset;
 use msdiff::runtime::Precision;
-use msdiff::train::network::Loaded;
+use msdiff::model::Loaded;
 use msdiff::train::{trainer, ResolvedConfig, TrainConfig};
 use tch::{Device, Kind};
 

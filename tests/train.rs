@@ -20,7 +20,7 @@ fn checkpoints_round_trip_and_corruption_is_refused() {
     let run = tmp("corrupt");
     let out = trainer::train(&cfg, &ds, &opts(&run, None, None)).unwrap();
     // Round trip: loading into a fresh network reproduces every tensor exactly.
-    let loaded = msdiff::train::network::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, false).unwrap();
+    let loaded = msdiff::model::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, false).unwrap();
     let (_, t) = checkpoint::load(&out.checkpoint).unwrap();
     for ((n, a), (m, b)) in loaded.network.params().iter().zip(&t.model) {
         assert_eq!(n, m);
@@ -69,8 +69,8 @@ fn resuming_with_another_config_is_refused() {
     let (state, t) = checkpoint::load(&run).unwrap();
     let mut cfg2 = state.config.model.clone();
     cfg2.decoder_channels = vec![8, 8, 8];
-    let net = msdiff::train::network::Network::new(&cfg2, Device::Cpu).unwrap();
-    assert!(checkpoint::copy_into(&net.params(), &t.model, "weights").is_err());
+    let net = msdiff::model::Network::new(&cfg2, Device::Cpu).unwrap();
+    assert!(msdiff::model::copy_into(&net.params(), &t.model, "weights").is_err());
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn edm_ddpm_and_v_objectives_train_and_sample() {
         let out = trainer::train(&cfg, &ds, &opts(&run, None, None)).unwrap();
         assert!(out.losses.iter().all(|l| l.1.is_finite()));
         // The trained network is a denoiser every sampler can use: finite x0 estimates.
-        let l = msdiff::train::network::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, true).unwrap();
+        let l = msdiff::model::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, true).unwrap();
         let den = l.denoiser().unwrap();
         let x = tch::Tensor::randn([3, 1, 16, 16], (tch::Kind::Float, Device::Cpu));
         let s = tch::Tensor::from_slice(&[0.1f32, 2.0, 20.0]);
@@ -166,7 +166,7 @@ fn model_denoiser_routes_each_sample_by_its_sigma() {
     let (cfg, ds) = setup("steps = 2");
     let run = tmp("routing");
     let out = trainer::train(&cfg, &ds, &opts(&run, None, None)).unwrap();
-    let l = msdiff::train::network::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, false).unwrap();
+    let l = msdiff::model::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, false).unwrap();
     let den = l.denoiser().unwrap();
     // Sigmas on both sides of each boundary (VP t 0.3 and 0.6 -> sigma 1.29 and 5.85).
     let b = cfg.boundaries_sigma();

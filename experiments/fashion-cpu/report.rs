@@ -17,7 +17,7 @@
 //! `3 * sum_j p_j * stage_gflops_j`, with the analytic counts of `msdiff info`.
 use anyhow::{bail, Context, Result};
 use msdiff::plot::{palette, Plot};
-use msdiff::train::objective::StageSampler;
+use msdiff::objective::StageSampler;
 use msdiff::train::ResolvedConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;

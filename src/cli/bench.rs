@@ -4,16 +4,18 @@
 use super::args::Global;
 use crate::runtime::Precision;
 use crate::data::{self, LoadOptions};
-use crate::denoiser::model::StagedNetwork;
+use crate::nn::StagedNetwork;
+use crate::objective::{Draws, Objective, Prediction};
+use crate::runtime::{machine, peak_rss_mib, time_median};
+use crate::train::optim::OptimConfig;
+use crate::train::TrainState;
 use crate::denoiser::OptimalDenoiser;
 use crate::nn::UNetConfig;
 use crate::process::ProcessConfig;
 use crate::rng::Rng;
-use crate::train::network::Network;
-use crate::train::optim::{gradients, Adam, OptimConfig};
-use anyhow::{bail, ensure, Result};
+use crate::model::Network;
+use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Debug)]
@@ -64,35 +66,6 @@ pub enum What {
     },
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(repeats: usize, mut f: F) -> f64 {
-    f(); // warm-up
-    median((0..repeats.max(1)).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
-}
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(l.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} libtorch threads", tch::get_num_threads())
-}
-
 pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     let device = g.device()?;
     let precision: Precision = a.precision.parse()?;
@@ -128,7 +101,7 @@ fn bench_optimal(spec: &str, queries: usize, repeats: usize, device: Device) -> 
     // Reference: the GEMM the distance pass performs, [queries, D] x [D, N], f32.
     let a = Tensor::randn([queries as i64, d], (Kind::Float, device));
     let b = Tensor::randn([d, n], (Kind::Float, device));
-    let gemm = time(repeats, || {
+    let gemm = time_median(repeats, || {
         let _ = a.matmul(&b);
     });
     let gemm_rate = 2.0 * queries as f64 * d as f64 * n as f64 / gemm / 1e9;
@@ -146,7 +119,7 @@ fn bench_optimal(spec: &str, queries: usize, repeats: usize, device: Device) -> 
     ] {
         let s = Tensor::from_slice(&sigmas).to_device(device);
         let x = &y + &z * s.unsqueeze(1);
-        let secs = time(repeats, || {
+        let secs = time_median(repeats, || {
             let _ = den.posterior_mean(&x, &s).expect("posterior mean");
         });
         let rate = flops / secs / 1e9;
@@ -171,43 +144,46 @@ fn preset_input(cfg: &UNetConfig, batch: usize, device: Device) -> (Tensor, Tens
 
 fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device, precision: Precision) -> Result<()> {
     let cfg = UNetConfig::preset(preset)?;
-    tch::manual_seed(0);
-    let mut net = Network::new(&cfg, device)?;
-    // As the trainer: in bf16, Adam updates fp32 masters and the network gets a bf16 copy.
-    let mixed = precision != Precision::Fp32;
-    let masters: Vec<(String, Tensor)> =
-        if mixed { net.params().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() } else { net.params() };
-    net.set_precision(precision);
-    let params = net.params();
-    let mut opt = Adam::new(OptimConfig { warmup_steps: 0, ..Default::default() }, &masters);
-    let (x, label, stage) = preset_input(&cfg, batch, device);
-    let target = x.randn_like();
-    println!("network: {preset}, {} parameters, batch {batch}, samples spread over {} stage(s)", net.num_params(), cfg.num_stages());
+    // The trainer's own step (TrainState::step): objective loss, backward, Adam on the fp32
+    // masters (bf16: the network's copy refreshed), EMA. VP-SDE eps objective; a 3-stage model
+    // uses the paper's cuts (t 0.442, 0.631) and the batch's times are spread evenly over (0, 1],
+    // so its samples fall in every stage (mixed routing).
+    let mut state = TrainState::new(&cfg, &OptimConfig { warmup_steps: 0, ..Default::default() }, precision, 0, device)?;
+    let vp = ProcessConfig::default().build()?;
+    let cuts_t = match cfg.num_stages() {
+        1 => vec![],
+        3 => vec![0.442, 0.631],
+        k => crate::cluster::uniform_cuts(k)?,
+    };
+    let cuts: Vec<f64> = cuts_t.iter().map(|&t| vp.sigma(t)).collect();
+    let objective = Objective::new(vp.clone(), Prediction::Eps, cuts.clone());
+    let t: Vec<f64> = (0..batch).map(|i| (i as f64 + 0.5) / batch as f64).collect();
+    let sigma: Vec<f64> = t.iter().map(|&t| vp.sigma(t)).collect();
+    let stage = sigma.iter().map(|&s| crate::cluster::stage_of_sigma(s, &cuts) as i64).collect();
+    let draws = Draws { stage, t, sigma };
+    let (x0, _, _) = preset_input(&cfg, batch, device);
+    let z = x0.randn_like();
+    println!(
+        "network: {preset}, {} parameters, batch {batch}, samples spread over {} stage(s)",
+        state.model.num_params(),
+        cfg.num_stages()
+    );
     let mut failed = None;
-    let secs = time(repeats, || {
-        let out = match net.net.forward_staged(&x, &label, &stage, true) {
-            Ok(o) => o,
-            Err(e) => {
-                failed = Some(e);
-                return;
-            }
-        };
-        let loss = (out - &target).square().mean(Kind::Float);
-        let grads = gradients(&loss, &params).expect("gradients");
-        let grads: Vec<Tensor> =
-            if mixed { grads.iter().map(|g| if g.defined() { g.to_kind(Kind::Float) } else { Tensor::new() }).collect() } else { grads };
-        opt.step(&masters, &grads, 1e-4).expect("adam step");
-        if mixed {
-            crate::train::checkpoint::copy_into(&params, &masters, "bf16 weights").expect("bf16 copy");
+    let secs = time_median(repeats, || {
+        if failed.is_some() {
+            return;
+        }
+        if let Err(e) = state.step(&objective, &x0, &z, &draws, 1e-4, 0.999, 0) {
+            failed = Some(e);
         }
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     });
     if let Some(e) = failed {
-        bail!(e);
+        return Err(e);
     }
-    println!("train step (forward + backward + Adam): median {secs:.3} s over {repeats} ({:.1} images/s)", batch as f64 / secs);
+    println!("train step (objective loss + backward + Adam + EMA): median {secs:.3} s over {repeats} ({:.1} images/s)", batch as f64 / secs);
     if let Some(m) = peak_rss_mib() {
         println!("peak resident memory: {m:.0} MiB");
     }
@@ -230,7 +206,7 @@ fn bench_sample(presets: &str, batch: usize, nfe: usize, repeats: usize, device:
             k => crate::cluster::uniform_cuts(k)?,
         };
         let (x, _, _) = preset_input(&cfg, batch, device);
-        let secs = time(repeats, || {
+        let secs = time_median(repeats, || {
             let _g = tch::no_grad_guard();
             for &t in &grid {
                 let st = cuts.iter().take_while(|&&c| t >= c).count() as i64;

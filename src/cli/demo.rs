@@ -9,7 +9,7 @@ use crate::cluster::{Method, Split};
 use crate::data::{self, LoadOptions};
 use crate::process::ProcessConfig;
 use crate::sampler::{SamplerConfig, SamplerKind};
-use crate::train::network::Loaded;
+use crate::model::Loaded;
 use crate::train::{trainer, TrainConfig, TrainOptions};
 use anyhow::{ensure, Context, Result};
 use clap::Args;

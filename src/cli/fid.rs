@@ -3,7 +3,7 @@
 use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::fid::{self, FidInception, FidStats};
-use crate::train::network::Loaded;
+use crate::model::Loaded;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;

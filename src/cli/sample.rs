@@ -3,7 +3,7 @@ use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
 use crate::process::{Process, ProcessConfig};
-use crate::train::network::Loaded;
+use crate::model::Loaded;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};

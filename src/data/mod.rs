@@ -19,6 +19,7 @@
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod order;
 pub mod procedural;
 
 use crate::io::FlatContext;

@@ -2,12 +2,11 @@
 //!
 //! A [`Denoiser`] maps a batch of scaled noisy samples `x~ = x0 + sigma eps` and a per-sample
 //! noise-to-signal ratio `sigma` to the posterior-mean estimate of `x0`. Samplers see nothing else:
-//! a trained network (through [`crate::param::Prediction`] and the process), the exact optimal
+//! a trained network (bound to its [`crate::objective::Objective`]), the exact optimal
 //! denoiser of a dataset, an analytic Gaussian, or a multi-stage model that routes each sample to
 //! its stage's decoder all plug into every sampler unchanged.
 
 pub mod gaussian;
-pub mod model;
 pub mod optimal;
 
 pub use gaussian::GaussianDenoiser;

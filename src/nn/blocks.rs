@@ -6,7 +6,6 @@ use tch::Tensor;
 
 use super::layers::{
     add_skip, downsample, variance_scaling, upsample, Conv2d, Conv2dConfig, Dense, DenseConfig, GroupNorm, GroupNormConfig,
-    Params,
 };
 use super::config::Resample;
 
@@ -95,17 +94,6 @@ impl ResBlock {
     }
 }
 
-impl Params for ResBlock {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.norm0.collect(out);
-        self.conv0.collect(out);
-        self.temb_proj.collect(out);
-        self.norm1.collect(out);
-        self.conv1.collect(out);
-        self.skip.collect(out);
-    }
-}
-
 /// [`AttnBlock`] configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnBlockConfig {
@@ -150,13 +138,5 @@ impl AttnBlock {
         let w = w.softmax(-1, None::<tch::Kind>);
         let h = v.bmm(&w.transpose(1, 2)).reshape([b, c, hh, ww]); // [B, C, N(query)]
         add_skip(x, &self.proj_out.forward(&h), self.cfg.skip_rescale)
-    }
-}
-
-impl Params for AttnBlock {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.norm.collect(out);
-        self.qkv.collect(out);
-        self.proj_out.collect(out);
     }
 }

@@ -3,7 +3,7 @@
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use super::layers::{Dense, DenseConfig, Params};
+use super::layers::{Dense, DenseConfig};
 
 /// Sinusoidal (transformer / DDPM) embedding, score_sde `get_timestep_embedding` with
 /// `max_positions = 10000`: `[sin(t w_i), cos(t w_i)]`, `w_i = 10000^(-i / (dim/2 - 1))`.
@@ -56,12 +56,5 @@ impl TimeEmbedding {
     pub fn forward(&self, noise_label: &Tensor) -> Tensor {
         let e = sinusoidal(noise_label, self.cfg.embedding_dim).to_kind(self.dense0.weight.kind());
         self.dense1.forward(&self.dense0.forward(&e).silu())
-    }
-}
-
-impl Params for TimeEmbedding {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.dense0.collect(out);
-        self.dense1.collect(out);
     }
 }

@@ -9,39 +9,6 @@ use tch::Tensor;
 
 use super::config::Resample;
 
-/// Something that owns trainable tensors; `collect` appends them (shallow handles) in a fixed order.
-pub trait Params {
-    fn collect(&self, out: &mut Vec<Tensor>);
-
-    /// All parameters of this module.
-    fn params(&self) -> Vec<Tensor> {
-        let mut v = Vec::new();
-        self.collect(&mut v);
-        v
-    }
-
-    /// Number of scalar parameters.
-    fn num_params(&self) -> i64 {
-        self.params().iter().map(|t| t.numel() as i64).sum()
-    }
-}
-
-impl<T: Params> Params for Vec<T> {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        for m in self {
-            m.collect(out);
-        }
-    }
-}
-
-impl<T: Params> Params for Option<T> {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        if let Some(m) = self {
-            m.collect(out);
-        }
-    }
-}
-
 /// score_sde `variance_scaling(scale, 'fan_avg', 'uniform')`; scale 0 is taken as 1e-10.
 pub fn variance_scaling(fan_in: usize, fan_out: usize, scale: f64) -> Init {
     let scale = if scale == 0.0 { 1e-10 } else { scale };
@@ -104,13 +71,6 @@ impl Conv2d {
     }
 }
 
-impl Params for Conv2d {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight.shallow_clone());
-        out.push(self.bias.shallow_clone());
-    }
-}
-
 /// [`Dense`] configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct DenseConfig {
@@ -136,13 +96,6 @@ impl Dense {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, Some(&self.bias))
-    }
-}
-
-impl Params for Dense {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight.shallow_clone());
-        out.push(self.bias.shallow_clone());
     }
 }
 
@@ -172,13 +125,6 @@ impl GroupNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.group_norm(self.cfg.groups as i64, Some(&self.weight), Some(&self.bias), self.cfg.eps, true)
-    }
-}
-
-impl Params for GroupNorm {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight.shallow_clone());
-        out.push(self.bias.shallow_clone());
     }
 }
 
@@ -262,12 +208,6 @@ impl ConvDown {
     }
 }
 
-impl Params for ConvDown {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.conv.collect(out);
-    }
-}
-
 /// Up-sampling followed by a 3x3 conv (DDPM `Upsample(with_conv=True)`).
 /// `[B, Cin, H, W] -> [B, Cout, 2H, 2W]`. Variables: `weight [Cout, Cin, 3, 3]`, `bias [Cout]`.
 #[derive(Debug)]
@@ -283,12 +223,6 @@ impl ConvUp {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.conv.forward(&upsample(x, self.kind))
-    }
-}
-
-impl Params for ConvUp {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.conv.collect(out);
     }
 }
 

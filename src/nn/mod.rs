@@ -1,4 +1,4 @@
-//! Layers and the multi-decoder U-Net (spec section 4).
+//! Layers and the multi-decoder U-Net (docs/METHOD.md §4).
 //!
 //! - [`config`]: [`UNetConfig`] (serde, validated) and the presets;
 //! - [`layers`]: conv, dense, GroupNorm, FIR / plain resampling;
@@ -20,6 +20,13 @@ pub mod report;
 pub mod unet;
 
 pub use config::{Architecture, DecoderAttn, Resample, ResampleWith, UNetConfig, PRESETS};
-pub use layers::Params;
 pub use report::{report, ModelReport};
 pub use unet::{Decoder, Encoder, MultiStageUNet};
+
+/// A network that predicts from (input, noise label, stage id) per sample: what an
+/// [`crate::objective::Objective`] conditions and routes.
+pub trait StagedNetwork {
+    /// `x` `[B, C, H, W]`, `noise_label` `[B]` f32, `stage` `[B]` i64 -> `[B, C, H, W]`.
+    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor>;
+    fn num_stages(&self) -> usize;
+}

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::blocks::{AttnBlock, AttnBlockConfig, ResBlock, ResBlockConfig, Updown};
 use super::config::{Architecture, DecoderAttn, ResampleWith, UNetConfig};
 use super::embedding::{TimeEmbedding, TimeEmbeddingConfig};
-use super::layers::{add_skip, Conv2d, Conv2dConfig, ConvDown, ConvUp, GroupNorm, GroupNormConfig, Params};
+use super::layers::{add_skip, Conv2d, Conv2dConfig, ConvDown, ConvUp, GroupNorm, GroupNormConfig};
 
 fn res_cfg(cfg: &UNetConfig, i: usize, o: usize, updown: Updown) -> ResBlockConfig {
     ResBlockConfig {
@@ -58,24 +58,6 @@ enum DownStep {
 enum UpStep {
     Res(Box<ResBlock>),
     Conv(ConvUp),
-}
-
-impl Params for DownStep {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        match self {
-            DownStep::Res(b) => b.collect(out),
-            DownStep::Conv(c) => c.collect(out),
-        }
-    }
-}
-
-impl Params for UpStep {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        match self {
-            UpStep::Res(b) => b.collect(out),
-            UpStep::Conv(c) => c.collect(out),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -179,21 +161,6 @@ impl Encoder {
     }
 }
 
-impl Params for Encoder {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.conv_in.collect(out);
-        for l in &self.levels {
-            l.blocks.collect(out);
-            l.attns.collect(out);
-            l.down.collect(out);
-            l.pyramid.collect(out);
-        }
-        self.mid0.collect(out);
-        self.mid_attn.collect(out);
-        self.mid1.collect(out);
-    }
-}
-
 #[derive(Debug)]
 struct DecLevel {
     blocks: Vec<ResBlock>,
@@ -281,18 +248,6 @@ impl Decoder {
     }
 }
 
-impl Params for Decoder {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        for l in &self.levels {
-            l.blocks.collect(out);
-            l.attns.collect(out);
-            l.up.collect(out);
-        }
-        self.norm_out.collect(out);
-        self.conv_out.collect(out);
-    }
-}
-
 /// Time embedding + encoder: the part shared by all stages (multistage) or owned by one (separate).
 #[derive(Debug)]
 pub struct Trunk {
@@ -307,13 +262,6 @@ impl Trunk {
             TimeEmbeddingConfig { embedding_dim: cfg.embed_dim(), temb_dim: cfg.temb_dim() },
         );
         Self { embed, encoder: Encoder::new(enc_path, cfg) }
-    }
-}
-
-impl Params for Trunk {
-    fn collect(&self, out: &mut Vec<Tensor>) {
-        self.embed.collect(out);
-        self.encoder.collect(out);
     }
 }
 
@@ -357,42 +305,6 @@ impl MultiStageUNet {
 
     pub fn num_stages(&self) -> usize {
         self.decoders.len()
-    }
-
-    /// Parameters of decoder `stage` (VarStore prefix `decoder.{stage}.`).
-    pub fn decoder_params(&self, stage: usize) -> Vec<Tensor> {
-        self.decoders[stage].params()
-    }
-
-    /// Time-embedding + encoder parameters: the shared trunk (multistage), or all stages' trunks
-    /// (separate).
-    pub fn encoder_params(&self) -> Vec<Tensor> {
-        self.trunks.params()
-    }
-
-    /// Parameters every stage uses (the trunk for multistage; none for separate).
-    pub fn shared_params(&self) -> Vec<Tensor> {
-        match self.cfg.architecture {
-            Architecture::Multistage => self.trunks.params(),
-            Architecture::Separate => Vec::new(),
-        }
-    }
-
-    /// Parameters used only by `stage`: its decoder, plus (separate) its own trunk.
-    pub fn stage_only_params(&self, stage: usize) -> Vec<Tensor> {
-        let mut v = Vec::new();
-        if self.cfg.architecture == Architecture::Separate {
-            self.trunks[stage].collect(&mut v);
-        }
-        self.decoders[stage].collect(&mut v);
-        v
-    }
-
-    /// Every parameter (trunks, then decoders).
-    pub fn params(&self) -> Vec<Tensor> {
-        let mut v = self.trunks.params();
-        self.decoders.collect(&mut v);
-        v
     }
 
     /// Copies `stage` to the host and checks it: int64 `[B]` with ids in `0..num_stages`.
@@ -481,5 +393,20 @@ impl MultiStageUNet {
         let temb = trunk.embed.forward(noise_label);
         let (h, skips) = trunk.encoder.forward(x, &temb, train);
         self.decoders[stage].forward(&h, &skips, &temb, train)
+    }
+}
+
+impl super::StagedNetwork for MultiStageUNet {
+    /// Mixed precision: the input is cast to the weights' kind (bf16) and the output back to the
+    /// input's kind, so callers see f32 (or f64) in and out whatever the network runs in.
+    fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
+        let k = self.kind();
+        if x.kind() == k {
+            return self.forward(x, noise_label, stage, train);
+        }
+        Ok(self.forward(&x.to_kind(k), noise_label, stage, train)?.to_kind(x.kind()))
+    }
+    fn num_stages(&self) -> usize {
+        MultiStageUNet::num_stages(self)
     }
 }

@@ -175,28 +175,3 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
     Ok((state, t))
 }
 
-/// Copy `src` tensors into `dst` variables (same names and shapes required).
-pub fn copy_into(dst: &[(String, Tensor)], src: &[(String, Tensor)], what: &str) -> Result<()> {
-    let map: BTreeMap<&str, &Tensor> = src.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    ensure!(
-        map.len() == dst.len(),
-        "checkpoint {what} has {} tensors but this model has {}: the checkpoint was made with another model configuration",
-        map.len(),
-        dst.len()
-    );
-    let _g = tch::no_grad_guard();
-    for (n, d) in dst {
-        let Some(s) = map.get(n.as_str()) else {
-            bail!("checkpoint {what} lacks '{n}': the checkpoint was made with another model configuration");
-        };
-        ensure!(
-            s.size() == d.size(),
-            "checkpoint {what} '{n}' has shape {:?}, the model expects {:?}: another model configuration",
-            s.size(),
-            d.size()
-        );
-        let mut d = d.shallow_clone();
-        d.copy_(&s.to_device(d.device()).to_kind(d.kind()));
-    }
-    Ok(())
-}

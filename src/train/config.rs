@@ -17,11 +17,10 @@
 //! [train]           # batch, steps, seed, checkpoints, logging, periodic samples
 //! ```
 use super::ema::EmaConfig;
-use super::objective::ObjectiveConfig;
 use super::optim::OptimConfig;
 use crate::cluster::{self, Method, Split};
 use crate::nn::UNetConfig;
-use crate::param::Prediction;
+use crate::objective::{Objective, ObjectiveConfig, Prediction};
 use crate::process::ProcessConfig;
 use crate::sampler::{SamplerConfig, SamplerKind};
 use anyhow::{bail, ensure, Context, Result};
@@ -160,7 +159,7 @@ impl TrainConfig {
         let model = resolve_model(&self.model, image_shape)?;
         let process = self.process.build()?;
         let prediction = self.prediction.unwrap_or(match process {
-            crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::param::default_sigma_data() },
+            crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::objective::precond::default_sigma_data() },
             _ => Prediction::Eps,
         });
         let stages = model.num_stages();
@@ -210,7 +209,7 @@ impl ResolvedConfig {
             sampler.validate(&process)?;
         }
         // Stage sampler construction validates boundaries against the process's range.
-        super::objective::StageSampler::new(&process, &self.objective, &self.boundaries_sigma())?;
+        crate::objective::StageSampler::new(&process, &self.objective, &self.boundaries_sigma())?;
         Ok(())
     }
 
@@ -225,6 +224,11 @@ impl ResolvedConfig {
 
     pub fn boundaries_sigma(&self) -> Vec<f64> {
         self.split.as_ref().map(|s| s.boundaries_sigma.clone()).unwrap_or_default()
+    }
+
+    /// The run's objective: process, parameterisation and stage cuts.
+    pub fn build_objective(&self) -> Result<Objective> {
+        Ok(Objective::new(self.process.build()?, self.prediction, self.boundaries_sigma()))
     }
 
     pub fn to_toml(&self) -> String {

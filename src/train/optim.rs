@@ -1,7 +1,7 @@
 //! Adam (Kingma & Ba 2015) and AdamW (Loshchilov & Hutter 2019), written here so that the
 //! optimiser state is ours to checkpoint exactly.
 //!
-//! Multi-stage choice (multistage-spec.md section 5): a parameter whose gradient is undefined in a
+//! Multi-stage choice (docs/METHOD.md §5): a parameter whose gradient is undefined in a
 //! step (a decoder that saw no sample) is **not moved and its moments and step count are not
 //! advanced**, so a stage absent from a batch keeps exactly its previous state.
 use anyhow::{ensure, Result};
@@ -13,6 +13,8 @@ use tch::{Kind, Tensor};
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Adam,
+    /// Written `adamw` (the older spelling `adam_w` is still read).
+    #[serde(rename = "adamw", alias = "adam_w")]
     AdamW,
 }
 
@@ -69,11 +71,27 @@ impl OptimConfig {
     }
 }
 
+/// Adam's state of one parameter.
+pub struct AdamSlot {
+    /// First moment.
+    pub m: Tensor,
+    /// Second moment.
+    pub v: Tensor,
+    /// Steps this parameter has taken (a decoder that saw no sample does not advance).
+    pub steps: u64,
+}
+
 /// Adam state for named parameters.
 pub struct Adam {
     pub cfg: OptimConfig,
-    /// name -> (first moment, second moment, steps taken).
-    pub state: BTreeMap<String, (Tensor, Tensor, u64)>,
+    state: BTreeMap<String, AdamSlot>,
+}
+
+/// Adam's state as checkpoints store it: moments as named tensors, step counts by name.
+pub struct AdamExport {
+    pub m: Vec<(String, Tensor)>,
+    pub v: Vec<(String, Tensor)>,
+    pub steps: BTreeMap<String, u64>,
 }
 
 /// What one optimiser step did.
@@ -90,9 +108,35 @@ impl Adam {
     pub fn new(cfg: OptimConfig, params: &[(String, Tensor)]) -> Self {
         let state = params
             .iter()
-            .map(|(n, p)| (n.clone(), (p.zeros_like(), p.zeros_like(), 0u64)))
+            .map(|(n, p)| (n.clone(), AdamSlot { m: p.zeros_like(), v: p.zeros_like(), steps: 0 }))
             .collect();
         Adam { cfg, state }
+    }
+
+    /// The state of parameter `name`.
+    pub fn slot(&self, name: &str) -> Option<&AdamSlot> {
+        self.state.get(name)
+    }
+
+    /// The state as named tensors (shallow handles) and step counts, sorted by name.
+    pub fn export(&self) -> AdamExport {
+        AdamExport {
+            m: self.state.iter().map(|(n, s)| (n.clone(), s.m.shallow_clone())).collect(),
+            v: self.state.iter().map(|(n, s)| (n.clone(), s.v.shallow_clone())).collect(),
+            steps: self.state.iter().map(|(n, s)| (n.clone(), s.steps)).collect(),
+        }
+    }
+
+    /// Restore the state saved by [`Adam::export`]: every parameter's moments and step count
+    /// must be present with the right shapes.
+    pub fn import(&mut self, m: &[(String, Tensor)], v: &[(String, Tensor)], steps: &BTreeMap<String, u64>) -> Result<()> {
+        let e = self.export();
+        crate::model::copy_into(&e.m, m, "Adam first moments")?;
+        crate::model::copy_into(&e.v, v, "Adam second moments")?;
+        for (n, s) in self.state.iter_mut() {
+            s.steps = *steps.get(n).ok_or_else(|| anyhow::anyhow!("checkpoint lacks the Adam step count of '{n}'"))?;
+        }
+        Ok(())
     }
 
     /// One step at learning rate `lr`. `grads[i]` is the gradient of `params[i]` as returned by
@@ -121,7 +165,7 @@ impl Adam {
         let clip = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip { self.cfg.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
         let c = &self.cfg;
         for (name, p, g) in &with_grad {
-            let (m, v, t) = self.state.get_mut(*name).ok_or_else(|| anyhow::anyhow!("optimizer has no state for '{name}'"))?;
+            let AdamSlot { m, v, steps: t } = self.state.get_mut(*name).ok_or_else(|| anyhow::anyhow!("optimizer has no state for '{name}'"))?;
             let mut p = (*p).shallow_clone();
             let mut g = if clip != 1.0 { *g * clip } else { (*g).shallow_clone() };
             if c.weight_decay > 0.0 {
@@ -159,7 +203,7 @@ pub fn gradients(loss: &Tensor, params: &[(String, Tensor)]) -> Result<Vec<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     #[test]
     fn adam_matches_hand_computed_steps_and_skips_unused_parameters() {
@@ -178,9 +222,8 @@ mod tests {
         let av = Vec::<f32>::try_from(&a.detach()).unwrap();
         assert!((av[0] - 0.9).abs() < 1e-6 && (av[1] + 1.9).abs() < 1e-6, "{av:?}");
         assert_eq!(Vec::<f32>::try_from(&b.detach()).unwrap(), vec![3.0]);
-        assert_eq!(opt.state["b"].2, 0, "an unused parameter's step count must not advance");
+        assert_eq!(opt.slot("b").unwrap().steps, 0, "an unused parameter's step count must not advance");
         assert!((info.grad_norm - 20f64.sqrt()).abs() < 1e-6);
-        let _ = Device::Cpu;
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Parameterisations: what a network predicts and how that becomes the x0 estimate.
+//! Preconditioning: what a network predicts, its input scale and noise label, and how its output
+//! becomes the x0 estimate (and, inverted, the training target).
 //!
 //! All conversions are in the scaled space `x~ = x0 + sigma eps` (see [`crate::process`]), with
 //! `alpha = s_t` the process's signal scale at that sigma (1/sqrt(1+sigma^2) for VP, 1 for EDM)
@@ -10,14 +11,15 @@
 //! | x0 | x0 | itself |
 //! | v (Salimans & Ho 2022, VP only) | alpha eps - std x0, std = alpha sigma | alpha^2 x~ - alpha sigma v |
 //! | EDM (Karras et al. 2022) | F | c_skip x~ + c_out F |
-use anyhow::{bail, Result};
+use crate::process::Process;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Prediction {
+    #[default]
     Eps,
     X0,
     V,
@@ -32,46 +34,9 @@ pub fn default_sigma_data() -> f64 {
     0.5
 }
 
-impl Default for Prediction {
-    fn default() -> Self {
-        Prediction::Eps
-    }
-}
 
-/// EDM's preconditioning coefficients at one sigma (multistage-spec.md section 1).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EdmCoefficients {
-    pub c_skip: f64,
-    pub c_out: f64,
-    pub c_in: f64,
-    pub c_noise: f64,
-    /// Loss weight (sigma^2 + sd^2) / (sigma sd)^2.
-    pub weight: f64,
-}
-
-pub fn edm_coefficients(sigma: f64, sigma_data: f64) -> EdmCoefficients {
-    let sd2 = sigma_data * sigma_data;
-    let s2 = sigma * sigma;
-    EdmCoefficients {
-        c_skip: sd2 / (s2 + sd2),
-        c_out: sigma * sigma_data / (s2 + sd2).sqrt(),
-        c_in: 1.0 / (s2 + sd2).sqrt(),
-        c_noise: sigma.ln() / 4.0,
-        weight: (s2 + sd2) / (sigma * sigma_data).powi(2),
-    }
-}
 
 impl Prediction {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "eps" => Prediction::Eps,
-            "x0" => Prediction::X0,
-            "v" => Prediction::V,
-            "edm" => Prediction::Edm { sigma_data: default_sigma_data() },
-            o => bail!("unknown prediction '{o}' (expected eps, x0, v or edm)"),
-        })
-    }
-
     /// Multiplier applied to `x~` to form the network input: alpha (process space) or EDM's c_in.
     /// `sigma` and `alpha` are per-sample tensors broadcastable against `x`.
     pub fn input_scale(&self, sigma: &Tensor, alpha: &Tensor) -> Tensor {
@@ -115,17 +80,15 @@ impl Prediction {
         }
     }
 
-    /// Per-sample loss weight on the squared error of the network output: 1 except EDM's
-    /// (sigma^2+sd^2)/(sigma sd)^2 times c_out^2, which is 1 too: EDM's weighted loss on D equals
-    /// the plain loss on F (Karras et al. 2022, eq. 8). Kept explicit for clarity.
-    pub fn output_loss_weight(&self) -> f64 {
-        1.0
+    /// The noise label the network receives at noise level `sigma` (time `t` of `process`):
+    /// EDM preconditioning uses its c_noise = ln(sigma)/4 whatever the process; otherwise the
+    /// process's own label (999 t for VP as score_sde, the step index N t - 1 for DDPM).
+    pub fn noise_label(&self, process: &Process, t: f64, sigma: f64) -> f64 {
+        match self {
+            Prediction::Edm { .. } => sigma.ln() / 4.0,
+            _ => process.noise_label(t),
+        }
     }
-}
-
-/// eps from an x0 estimate: (x~ - x0) / sigma.
-pub fn eps_from_x0(x0: &Tensor, x: &Tensor, sigma: &Tensor) -> Tensor {
-    (x - x0) / sigma
 }
 
 #[cfg(test)]
@@ -136,17 +99,31 @@ mod tests {
     #[test]
     fn edm_coefficients_closed_form() {
         // sigma = 0.5 = sigma_data: c_skip = 1/2, c_out = 0.25/sqrt(0.5) = 0.353553, c_in = 1/sqrt(0.5),
-        // c_noise = ln(0.5)/4 = -0.1732868, weight = 0.5/0.0625 = 8 (hand-computed).
-        let c = edm_coefficients(0.5, 0.5);
-        assert!((c.c_skip - 0.5).abs() < 1e-15);
-        assert!((c.c_out - 0.353_553_390_593_273_8).abs() < 1e-15);
-        assert!((c.c_in - std::f64::consts::SQRT_2).abs() < 1e-15);
-        assert!((c.c_noise + 0.173_286_795_139_986_3).abs() < 1e-15);
-        assert!((c.weight - 8.0).abs() < 1e-12);
+        // c_noise = ln(0.5)/4 = -0.1732868, weight = 0.5/0.0625 = 8 (hand-computed). The
+        // coefficients are read off the preconditioning itself: c_skip = D(x~=1, F=0),
+        // c_out = D(x~=0, F=1), c_in = the input scale, c_noise = the noise label.
+        let p = Prediction::Edm { sigma_data: 0.5 };
+        let edm = crate::process::ProcessConfig::from_name("edm").unwrap().build().unwrap();
+        let at = |sigma: f64| {
+            let s = Tensor::from(sigma).to_kind(Kind::Double);
+            let one = Tensor::from(1.0).to_kind(Kind::Double);
+            let zero = Tensor::from(0.0).to_kind(Kind::Double);
+            let c_skip = p.to_x0(&zero, &one, &s, &one).double_value(&[]);
+            let c_out = p.to_x0(&one, &zero, &s, &one).double_value(&[]);
+            let c_in = p.input_scale(&s, &one).double_value(&[]);
+            (c_skip, c_out, c_in, p.noise_label(&edm, sigma, sigma))
+        };
+        let (c_skip, c_out, c_in, c_noise) = at(0.5);
+        assert!((c_skip - 0.5).abs() < 1e-15);
+        assert!((c_out - 0.353_553_390_593_273_8).abs() < 1e-15);
+        assert!((c_in - std::f64::consts::SQRT_2).abs() < 1e-15);
+        assert!((c_noise + 0.173_286_795_139_986_3).abs() < 1e-15);
+        let weight = |s: f64| (s * s + 0.25) / (s * 0.5f64).powi(2);
+        assert!((weight(0.5) - 8.0).abs() < 1e-12);
         // EDM's loss weight times c_out^2 is 1 (so weighted loss on D = plain loss on F).
         for s in [0.002, 0.3, 2.5, 80.0] {
-            let c = edm_coefficients(s, 0.5);
-            assert!((c.weight * c.c_out * c.c_out - 1.0).abs() < 1e-12);
+            let (_, c_out, _, _) = at(s);
+            assert!((weight(s) * c_out * c_out - 1.0).abs() < 1e-12);
         }
     }
 

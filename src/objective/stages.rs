@@ -1,10 +1,10 @@
-//! What a training step draws per sample — stage, time, noise level — and the loss.
+//! What a training step draws per sample: stage, time, noise level.
 //!
-//! Base distributions (multistage-spec.md section 1): VP-SDE t ~ U[t_min, 1] (t_min 1e-5);
+//! Base distributions (docs/METHOD.md §1): VP-SDE t ~ U[t_min, 1] (t_min 1e-5);
 //! discrete DDPM: step n uniform in 0..N-1; EDM: ln sigma ~ N(P_mean, P_std^2) = N(-1.2, 1.2^2).
 //! Within a stage, t follows the base distribution restricted to the stage.
 //!
-//! Stage policies (section 5): `mixed` (default) draws a stage per sample, `single` one stage per
+//! Stage policies (docs/METHOD.md §5): `mixed` (default) draws a stage per sample, `single` one stage per
 //! batch (as the authors' code). Stage weights: `uniform` (1/K, the DPM-Solver code base),
 //! `length` (interval length in the process time: t for VP/DDPM, ln sigma within
 //! [sigma_min, sigma_max] for EDM) or `mass` (the base distribution's mass: the EDM code base).

@@ -1,0 +1,147 @@
+//! What training holds between steps — network, EMA, fp32 master weights, Adam — and the one
+//! training step ([`TrainState::step`]) that both the loop and `msdiff bench train` run.
+//!
+//! `masters` are the trained fp32 weights: Adam updates them, the EMA follows them, checkpoints
+//! store them. In fp32 they are the model's own variables; in bf16 the model holds a bf16 copy
+//! refreshed after every step (docs/CONFIG.md, "Mixed precision").
+use super::checkpoint::{self, RngState, State, Tensors};
+use super::config::ResolvedConfig;
+use super::ema;
+use super::optim::{gradients, Adam, OptimConfig};
+use crate::model::{copy_into, Network};
+use crate::nn::UNetConfig;
+use crate::objective::{Draws, Objective};
+use crate::runtime::Precision;
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+const INIT_STREAM: u64 = 0x1417_0000_0000_0003;
+
+/// libtorch's generator (weight init, dropout) is process-wide: trainers in one process (tests,
+/// library users) hold this lock while they seed it and draw from it, so each run's draws stay
+/// determined by its own (seed, step).
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct TrainState {
+    /// The network that runs (a bf16 copy of the masters in mixed precision).
+    pub model: Network,
+    /// The EMA of the masters (what one samples with).
+    pub ema: Network,
+    masters: Vec<(String, Tensor)>,
+    params: Vec<(String, Tensor)>,
+    ema_params: Vec<(String, Tensor)>,
+    pub adam: Adam,
+    mixed: bool,
+    /// Optimiser steps completed.
+    pub step: u64,
+}
+
+/// What one step measured.
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    /// Mean loss of the batch. Not finite: the step diverged and nothing was updated.
+    pub loss: f64,
+    /// Per-sample losses (empty when the step diverged).
+    pub per_sample: Vec<f64>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl StepStats {
+    pub fn diverged(&self) -> bool {
+        !self.loss.is_finite()
+    }
+}
+
+impl TrainState {
+    /// Fresh weights from `seed` (the EMA starts equal to them), Adam at zero.
+    pub fn new(model: &UNetConfig, optim: &OptimConfig, precision: Precision, seed: u64, device: Device) -> Result<Self> {
+        let (mut net, ema) = {
+            let _rng = torch_rng();
+            tch::manual_seed((seed ^ INIT_STREAM) as i64);
+            (Network::new(model, device)?, Network::new(model, device)?)
+        };
+        let mixed = precision != Precision::Fp32;
+        let masters: Vec<(String, Tensor)> =
+            if mixed { net.params().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() } else { net.params() };
+        net.set_precision(precision);
+        let params = net.params();
+        let ema_params = ema.params();
+        let adam = Adam::new(optim.clone(), &masters);
+        copy_into(&ema_params, &masters, "initial weights")?;
+        if mixed {
+            copy_into(&params, &masters, "bf16 weights")?;
+        }
+        Ok(TrainState { model: net, ema, masters, params, ema_params, adam, mixed, step: 0 })
+    }
+
+    /// Continue from a checkpoint: weights, EMA, Adam moments and step counts, the step.
+    pub fn restore(&mut self, state: &State, tensors: &Tensors) -> Result<()> {
+        copy_into(&self.masters, &tensors.model, "weights")?;
+        copy_into(&self.ema_params, &tensors.ema, "EMA weights")?;
+        self.adam.import(&tensors.adam_m, &tensors.adam_v, &state.adam_steps)?;
+        if self.mixed {
+            copy_into(&self.params, &self.masters, "bf16 weights")?;
+        }
+        self.step = state.step;
+        Ok(())
+    }
+
+    /// Save the state at the current step under `dir` (atomic; keeps the `keep_last` newest).
+    pub fn save(&self, dir: &std::path::Path, cfg: &ResolvedConfig) -> Result<std::path::PathBuf> {
+        let adam = self.adam.export();
+        let state = State {
+            format: checkpoint::FORMAT.into(),
+            step: self.step,
+            config: cfg.clone(),
+            adam_steps: adam.steps,
+            rng: RngState { seed: cfg.train.seed, next_step: self.step + 1 },
+        };
+        let tensors = Tensors {
+            model: self.masters.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+            ema: self.ema_params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect(),
+            adam_m: adam.m,
+            adam_v: adam.v,
+        };
+        checkpoint::save(dir, &state, &tensors, cfg.train.keep_last)
+    }
+
+    /// One training step on clean images `x0` with noise `z` (`[B, C, H, W]` f32 on the
+    /// network's device) at the drawn stages / noise levels: the objective's loss (forward in the
+    /// network's precision, loss in f32), gradients, Adam on the fp32 masters at `lr`, the bf16
+    /// copy refreshed, the EMA moved by `ema_decay`. `dropout_seed` seeds libtorch's generator
+    /// for this forward pass. A non-finite loss updates nothing (see [`StepStats::diverged`]).
+    pub fn step(&mut self, objective: &Objective, x0: &Tensor, z: &Tensor, draws: &Draws, lr: f64, ema_decay: f64, dropout_seed: i64) -> Result<StepStats> {
+        let per = {
+            let _rng = torch_rng();
+            tch::manual_seed(dropout_seed);
+            objective.loss(&self.model.net, x0, z, draws)?
+        };
+        let loss = per.mean(Kind::Float);
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            return Ok(StepStats { loss: lv, per_sample: vec![], grad_norm: f64::NAN });
+        }
+        let grads = gradients(&loss, &self.params)?;
+        drop(loss);
+        // bf16: Adam updates the fp32 masters from fp32-cast gradients, then the model gets a copy.
+        let grads: Vec<Tensor> = if self.mixed {
+            grads.iter().map(|g| if g.defined() { g.to_kind(Kind::Float) } else { Tensor::new() }).collect()
+        } else {
+            grads
+        };
+        let info = self.adam.step(&self.masters, &grads, lr).with_context(|| format!("at step {}", self.step + 1))?;
+        drop(grads);
+        if self.mixed {
+            copy_into(&self.params, &self.masters, "bf16 weights")?;
+        }
+        ema::update(&self.ema_params, &self.masters, ema_decay);
+        self.step += 1;
+        let per_sample = Vec::<f64>::try_from(per.to_kind(Kind::Double).to_device(Device::Cpu))?;
+        Ok(StepStats { loss: lv, per_sample, grad_norm: info.grad_norm })
+    }
+}
