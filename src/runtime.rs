@@ -160,3 +160,11 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpu}, {} libtorch threads", tch::get_num_threads())
 }
+
+/// MemAvailable of /proc/meminfo, in bytes.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

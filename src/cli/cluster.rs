@@ -1,14 +1,15 @@
 //! `msdiff cluster`: stage boundaries for a dataset.
 use super::args::{parse_number, progress, Global};
-use crate::cluster::optimal::{agreement_curves, algorithm1_cuts, stage_cuts, Curves, DataScale, OptimalOptions};
+use crate::cluster::optimal::{agreement_curves, algorithm1_cuts, stage_cuts, DataScale, OptimalOptions};
+use crate::cluster::report::{binned, plot_curves};
 use crate::cluster::{self, Method, Split};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::OptimalDenoiser;
 use crate::process::ProcessConfig;
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use clap::Args;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -80,7 +81,7 @@ pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
             opts.validate(a.stages)?;
             let ds = data::load(&a.data, &LoadOptions { limit: a.data_limit, ..Default::default() })?;
             let [n, c, h, w] = ds.shape();
-            check_memory(n, c * h * w)?;
+            OptimalDenoiser::ensure_fits_memory(n, c * h * w)?;
             eprintln!("msdiff: Algorithm 1 on '{}' ({n} images of {c}x{h}x{w}), K = {}", a.data, opts.samples);
             let bar = progress(opts.samples as u64, "cluster", g.quiet);
             let curves = agreement_curves(&ds.images, &process, &opts, g.device()?, |k| bar.set_position(k as u64))?;
@@ -116,69 +117,4 @@ pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
 
 fn fmt(v: &[f64], digits: usize) -> String {
     v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ")
-}
-
-/// Refuse datasets whose optimal denoiser would not fit in the available memory.
-fn check_memory(n: i64, d: i64) -> Result<()> {
-    let need = OptimalDenoiser::memory_estimate(n, d) + 64 * 1024 * 1024;
-    if let Some(avail) = available_memory() {
-        if need > avail * 8 / 10 {
-            bail!(
-                "the dataset needs about {:.1} GiB for the optimal denoiser but only {:.1} GiB are available; use --data-limit",
-                need as f64 / (1u64 << 30) as f64,
-                avail as f64 / (1u64 << 30) as f64
-            );
-        }
-    }
-    Ok(())
-}
-
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Bin the per-sample scores by t for the JSON report.
-fn binned(c: &Curves, bins: usize) -> serde_json::Value {
-    let (mut t, mut s0, mut s1) = (vec![], vec![], vec![]);
-    for b in 0..bins {
-        let lo = b * c.t.len() / bins;
-        let hi = ((b + 1) * c.t.len() / bins).max(lo + 1).min(c.t.len());
-        if lo >= hi {
-            continue;
-        }
-        let m = |v: &[f64]| v[lo..hi].iter().sum::<f64>() / (hi - lo) as f64;
-        t.push(m(&c.t));
-        s0.push(m(&c.s0));
-        s1.push(m(&c.s1));
-    }
-    json!({"t": t, "s0": s0, "s1": s1})
-}
-
-/// The clustering plot: binned S0, S1, their running means, alpha and the cuts.
-pub fn plot_curves(path: &Path, c: &Curves, opts: &OptimalOptions, s: &Split) -> Result<()> {
-    use crate::plot::{palette, Plot};
-    let b = binned(c, 60);
-    let get = |k: &str| -> Vec<f64> { b[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default() };
-    let (t, s0, s1) = (get("t"), get("s0"), get("s1"));
-    let pts = |v: &[f64]| t.iter().cloned().zip(v.iter().cloned()).collect::<Vec<_>>();
-    let every = (c.t.len() / 400).max(1);
-    let run0: Vec<(f64, f64)> = c.t.iter().zip(&c.prefix_s0).step_by(every).map(|(a, b)| (*a, *b)).collect();
-    let run1: Vec<(f64, f64)> = c.t.iter().zip(&c.suffix_s1).step_by(every).map(|(a, b)| (*a, *b)).collect();
-    let mut p = Plot::new("optimal-denoiser agreement (Algorithm 1)", 800, 480)
-        .xlabel("t (VP-SDE)")
-        .ylabel("fraction of pixels within eta")
-        .yrange(0.0, 1.05)
-        .xrange(0.0, 1.0)
-        .series("S0 (t->0 form)", &pts(&s0), palette(0))
-        .series("S1 (t->1 form)", &pts(&s1), palette(1))
-        .series("prefix mean S0", &run0, palette(2))
-        .series("suffix mean S1", &run1, palette(3))
-        .hline(opts.alpha, &format!("alpha {}", opts.alpha), palette(4));
-    for (i, x) in s.boundaries_t.iter().enumerate() {
-        p = p.vline(*x, &format!("t{} = {x:.3}", i + 1), palette(5));
-    }
-    p.save(path)
 }

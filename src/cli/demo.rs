@@ -109,7 +109,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let mut split = Split::from_t(Method::Optimal, stage_cuts(&process, t1, t2, 3)?, &vp)?;
     split.details = serde_json::json!({"dataset": "builtin", "options": opts});
     split.save(&out.join("split.json"))?;
-    super::cluster::plot_curves(&out.join("split.png"), &curves, &opts, &split)?;
+    crate::cluster::report::plot_curves(&out.join("split.png"), &curves, &opts, &split)?;
     let cluster_s = t0.elapsed().as_secs_f64();
     println!(
         "[2/4] cluster: cuts t = {:.3}, {:.3} (sigma {:.3}, {:.3}) in {cluster_s:.1} s",
@@ -147,11 +147,11 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<i32> {
     let seeds: Vec<u64> = (0..a.samples as u64).collect();
     let s = crate::sampler::sample_seeds(&sampler, &den, &process, &[1, 16, 16], &seeds, seeds.len(), None, device, |_| {})?;
     let x = s.x;
-    super::sample::write_outputs(&out.join("samples"), &x, false)?;
+    crate::io::samples::write_samples(&out.join("samples"), &x, false)?;
     let cols = (a.samples as f64).sqrt().ceil() as usize;
     crate::io::image::write_grid(&out.join("samples.png"), &zoom(&x.clamp(-1.0, 1.0)), cols.max(1), 4)?;
     let sample_s = t0.elapsed().as_secs_f64();
-    let (nn_mean, _) = super::sample::nearest_distance(&x, &ds.images);
+    let (nn_mean, _) = crate::denoiser::optimal::nearest_distance(&x, &ds.images);
     println!("[4/4] sample: {} images, EDM Heun, {} NFE, in {sample_s:.1} s -> {}", a.samples, s.nfe, out.join("samples.png").display());
 
     // Report.

@@ -7,7 +7,7 @@ use crate::model::Loaded;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
@@ -43,7 +43,8 @@ pub struct SampleArgs {
     /// Network precision: fp32 or bf16 (bf16 weights and activations; noise, solver and output in f32).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
-    /// Output folder: samples.npy, grid.png, images/NNNNNN.png.
+    /// Output folder: samples.npy (clipped to [-1, 1], what the PNGs show; fid stats/calc read it), raw.npy
+    /// (the solver's unclipped output), grid.png, images/NNNNNN.png.
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
     /// Skip the individual PNGs.
@@ -118,51 +119,11 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     if !finite {
         bail!("the samples contain NaN or infinite values; nothing was written");
     }
-    write_outputs(&a.out, &x, !a.no_images)?;
+    crate::io::samples::write_samples(&a.out, &x, !a.no_images)?;
     println!("wrote {n} samples ({}, {nfe} NFE each) to {}", sampler.kind.name(), a.out.display());
     if let Some(train) = train_set {
-        let d = nearest_distance(&x, train);
+        let d = crate::denoiser::optimal::nearest_distance(&x, train);
         println!("nearest training image: RMS pixel distance mean {:.2e}, max {:.2e}", d.0, d.1);
     }
     Ok(0)
-}
-
-/// samples.npy, grid.png and (optionally) images/NNNNNN.png, each written atomically; numbered images
-/// left in `images/` by an earlier call with more samples are removed.
-pub fn write_outputs(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
-    crate::io::atomic::ensure_dir(dir)?;
-    crate::io::npy::write_npy(&dir.join("samples.npy"), x)?;
-    let clamped = x.clamp(-1.0, 1.0);
-    let n = x.size()[0] as usize;
-    let cols = (n as f64).sqrt().ceil() as usize;
-    crate::io::image::write_grid(&dir.join("grid.png"), &clamped, cols.max(1), 2)?;
-    if images {
-        let d = dir.join("images");
-        crate::io::atomic::ensure_dir(&d)?;
-        // A previous, larger call into the same folder must not leave its extra images beside these.
-        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let stale = name.strip_suffix(".png").filter(|s| s.len() == 6).and_then(|s| s.parse::<usize>().ok()).is_some_and(|i| i >= n);
-            if stale {
-                std::fs::remove_file(e.path()).with_context(|| format!("cannot remove the stale image {}", e.path().display()))?;
-            }
-        }
-        for i in 0..n {
-            crate::io::image::write_png(&d.join(format!("{i:06}.png")), &clamped.get(i as i64))?;
-        }
-    }
-    Ok(())
-}
-
-/// Mean and max over samples of the RMS per-pixel distance to the nearest training image.
-pub fn nearest_distance(x: &Tensor, train: &Tensor) -> (f64, f64) {
-    let n = x.size()[0];
-    let xs = x.reshape([n, -1]).to_kind(Kind::Double);
-    let ys = train.reshape([train.size()[0], -1]).to_kind(Kind::Double);
-    let d2 = (xs.square().sum_dim_intlist(1, true, Kind::Double) - xs.matmul(&ys.tr()) * 2.0
-        + ys.square().sum_dim_intlist(1, false, Kind::Double).unsqueeze(0))
-    .clamp_min(0.0);
-    let dim = xs.size()[1] as f64;
-    let best = (d2.amin([1].as_slice(), false) / dim).sqrt();
-    (best.mean(Kind::Double).double_value(&[]), best.max().double_value(&[]))
 }

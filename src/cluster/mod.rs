@@ -10,6 +10,7 @@
 //! is what a multi-stage model routes on, and as steps of the 1000-step linear DDPM chain.
 
 pub mod optimal;
+pub mod report;
 pub mod snr;
 
 use crate::process::Process;

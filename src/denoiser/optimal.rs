@@ -122,6 +122,21 @@ impl OptimalDenoiser {
         (n as u64) * (d as u64) * 8 + (n as u64) * 4
     }
 
+    /// Refuse a dataset of `n` images of `d` values whose optimal denoiser would not fit in the
+    /// available memory (80 % of MemAvailable, with 64 MiB of slack).
+    pub fn ensure_fits_memory(n: i64, d: i64) -> Result<()> {
+        let need = Self::memory_estimate(n, d) + 64 * 1024 * 1024;
+        if let Some(avail) = crate::runtime::available_memory() {
+            anyhow::ensure!(
+                need <= avail * 8 / 10,
+                "the dataset needs about {:.1} GiB for the optimal denoiser but only {:.1} GiB are available; use --data-limit",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> i64 {
         self.data.size()[0]
     }
@@ -293,4 +308,17 @@ impl Denoiser for OptimalDenoiser {
         let m = self.posterior_mean(&x.reshape([b, -1]), sigma)?;
         Ok(m.reshape(size.as_slice()).to_kind(x.kind()).to_device(x.device()))
     }
+}
+
+/// Mean and max over samples of the RMS per-pixel distance to the nearest training image.
+pub fn nearest_distance(x: &Tensor, train: &Tensor) -> (f64, f64) {
+    let n = x.size()[0];
+    let xs = x.reshape([n, -1]).to_kind(Kind::Double);
+    let ys = train.reshape([train.size()[0], -1]).to_kind(Kind::Double);
+    let d2 = (xs.square().sum_dim_intlist(1, true, Kind::Double) - xs.matmul(&ys.tr()) * 2.0
+        + ys.square().sum_dim_intlist(1, false, Kind::Double).unsqueeze(0))
+    .clamp_min(0.0);
+    let dim = xs.size()[1] as f64;
+    let best = (d2.amin([1].as_slice(), false) / dim).sqrt();
+    (best.mean(Kind::Double).double_value(&[]), best.max().double_value(&[]))
 }

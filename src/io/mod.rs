@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod image;
 pub mod npy;
+pub mod samples;
 
 pub use atomic::{ensure_dir, ensure_parent_dir, write_atomic, write_atomic_bytes};
 pub use image::{read_image, tensor_to_u8, write_grid, write_png};
