@@ -3,9 +3,10 @@
 //! libtorch's generators are not used for anything that must reproduce: their state is hard to
 //! save through tch and their streams depend on batch layout. Instead every random choice draws
 //! from an [`Rng`] here: xoshiro256++ (Blackman & Vigna 2019) seeded through SplitMix64, with
-//! normals by the Box–Muller transform. Its state is four `u64`s, so checkpoints store it
-//! exactly, and [`Rng::stream`] derives independent per-sample streams from `(seed, index)`, so
-//! image `i` gets the same noise whatever the batch size.
+//! normals by the Box–Muller transform. [`Rng::stream`] derives independent streams from
+//! `(seed, index)`: image `i` gets the same noise whatever the batch size, and training step `s`
+//! draws from streams keyed by `(seed, s)`, so checkpoints need no generator state: the step
+//! number is the state (see [`crate::train::trainer`]).
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -82,11 +83,6 @@ impl Rng {
         let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
         self.spare = Some(r * s);
         r * c
-    }
-
-    /// `n` standard normals as f32.
-    pub fn normals_f32(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal() as f32).collect()
     }
 
     /// A CPU tensor of standard normals with the given shape and kind (Float or Double).

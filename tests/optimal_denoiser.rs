@@ -1,5 +1,5 @@
 //! The exact optimal denoiser (docs/METHOD.md §2) against independent oracles.
-use msdiff::denoiser::optimal::Precision;
+use msdiff::denoiser::optimal::Arithmetic;
 use msdiff::denoiser::{Denoiser, OptimalDenoiser};
 use msdiff::rng::Rng;
 use tch::{Device, Kind, Tensor};
@@ -31,8 +31,8 @@ fn naive_mean(data: &Tensor, x: &[f64], sigma: f64) -> Vec<f64> {
 fn matches_a_naive_softmax_at_all_noise_levels() {
     let data = dataset(40, 12, 1);
     let mut r = Rng::new(2);
-    for precision in [Precision::F64, Precision::Mixed] {
-        let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_precision(precision);
+    for precision in [Arithmetic::F64, Arithmetic::Mixed] {
+        let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_arithmetic(precision);
         for &sigma in &[1e-3, 0.05, 0.3, 1.0, 3.0, 30.0, 1e3] {
             let k = r.below(40) as i64;
             let z = r.randn(&[12], Kind::Double);
@@ -44,7 +44,7 @@ fn matches_a_naive_softmax_at_all_noise_levels() {
             // F64: pure rounding (values O(1), 40 terms): 1e-12. Mixed: the implied eps is exact
             // to EPS_TOL = 1e-5, i.e. m to 1e-5 sigma, plus the f32 rounding of the weighted sum
             // (~1e-7 of the range 2; 1e-6 allowed).
-            let tol = if precision == Precision::F64 { 1e-12 } else { 1e-5 * sigma + 1e-6 };
+            let tol = if precision == Arithmetic::F64 { 1e-12 } else { 1e-5 * sigma + 1e-6 };
             assert!(err < tol, "{precision:?} sigma {sigma}: max error {err:e} (tolerance {tol:e})");
         }
     }
@@ -77,7 +77,7 @@ fn eps_at_large_t_tends_to_the_closed_form() {
     // m - ybar = O(1/sigma) and eps* - eps_1 = (ybar - m)/sigma = O(1/sigma^2): going from
     // sigma = 100 to 1000 must shrink the gap ~100x.
     let data = dataset(50, 10, 5);
-    let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_precision(Precision::F64);
+    let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_arithmetic(Arithmetic::F64);
     let ybar = data.mean_dim(0, false, Kind::Double);
     let mut r = Rng::new(6);
     let z = r.randn(&[1, 10], Kind::Double);

@@ -147,7 +147,7 @@ fn edm_ddpm_and_v_objectives_train_and_sample() {
         let tc = TrainConfig::from_toml(&text, "test").unwrap();
         let ds = data::load("builtin", &LoadOptions { count: 64, ..Default::default() }).unwrap();
         let cfg = tc.resolve(Path::new("."), ds.image_shape()).unwrap();
-        let run = tmp(&format!("obj-{}", cfg.process_name()));
+        let run = tmp(&format!("obj-{}", cfg.process.build().unwrap().name()));
         let out = trainer::train(&cfg, &ds, &opts(&run, None, None)).unwrap();
         assert!(out.losses.iter().all(|l| l.1.is_finite()));
         // The trained network is a denoiser every sampler can use: finite x0 estimates.

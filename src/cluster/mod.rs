@@ -13,7 +13,6 @@ pub mod optimal;
 pub mod report;
 pub mod snr;
 
-use crate::process::Process;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -125,11 +124,6 @@ pub fn uniform_cuts(stages: usize) -> Result<Vec<f64>> {
 /// [boundary_{j-1}, boundary_j) (stage 0 nearest the data).
 pub fn stage_of_sigma(sigma: f64, boundaries_sigma: &[f64]) -> usize {
     boundaries_sigma.iter().take_while(|&&b| sigma >= b).count()
-}
-
-/// Convenience: the process a split's t values refer to.
-pub fn split_process(s: &Split) -> Result<Process> {
-    s.process.build()
 }
 
 #[cfg(test)]

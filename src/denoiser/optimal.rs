@@ -10,15 +10,15 @@
 //! ||x~||^2 term is constant per row and cancels in the softmax, so logits are
 //! (2 x~.y - ||y||^2) / (2 sigma^2), with the row maximum subtracted before exponentiating.
 //!
-//! Precision: in f32, the product x~.y carries an absolute error of about
+//! Arithmetic: in f32, the product x~.y carries an absolute error of about
 //! eps_f32 sqrt(D) ||x~|| ||y||, which divided by 2 sigma^2 ruins the weights as sigma -> 0 (this is
-//! exactly where every sampler ends). [`Precision::Mixed`] therefore runs the fast f32 pass over the
+//! exactly where every sampler ends). [`Arithmetic::Mixed`] therefore runs the fast f32 pass over the
 //! whole set, bounds each row's logit error, and for rows where that bound could move the
 //! implied noise prediction eps = (x~ - m)/sigma by more than [`EPS_TOL`] recomputes the softmax
 //! in f64 from exact differences over the candidate rows whose
 //! f32 logit is within [`CUTOFF`] + 2 x bound of the maximum (the rest weigh less than
 //! e^-CUTOFF relative to the largest weight and are dropped). If there are more than
-//! [`MAX_CANDIDATES`] candidates the row is redone in f64 over the whole set. [`Precision::F64`]
+//! [`MAX_CANDIDATES`] candidates the row is redone in f64 over the whole set. [`Arithmetic::F64`]
 //! does everything in f64 (the reference the mixed mode is tested against).
 use super::Denoiser;
 use anyhow::{bail, ensure, Result};
@@ -38,7 +38,7 @@ pub const CUTOFF: f64 = 40.0;
 pub const MAX_CANDIDATES: i64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
+pub enum Arithmetic {
     /// f32 matrix products with an f64 refinement where f32 is not accurate enough (default).
     Mixed,
     /// Everything in f64 (about half the speed on CPUs).
@@ -60,7 +60,7 @@ pub struct OptimalDenoiser {
     /// Largest minus smallest data value.
     value_range: f64,
     item_shape: Vec<i64>,
-    precision: Precision,
+    precision: Arithmetic,
     /// Noise-prediction error above which a row is refined in f64 (see [`EPS_TOL`]).
     eps_tol: f64,
     /// Rows processed per block (bounds the `[rows, N]` logit matrix).
@@ -95,20 +95,14 @@ impl OptimalDenoiser {
             max_norm,
             value_range: flat.max().double_value(&[]) - flat.min().double_value(&[]),
             item_shape: size[1..].to_vec(),
-            precision: Precision::Mixed,
+            precision: Arithmetic::Mixed,
             eps_tol: EPS_TOL,
             block_rows,
         })
     }
 
-    pub fn with_precision(mut self, p: Precision) -> Self {
+    pub fn with_arithmetic(mut self, p: Arithmetic) -> Self {
         self.precision = p;
-        self
-    }
-
-    /// Set the accuracy target in noise-prediction units (default [`EPS_TOL`]).
-    pub fn with_eps_tolerance(mut self, tol: f64) -> Self {
-        self.eps_tol = tol;
         self
     }
 
@@ -197,8 +191,8 @@ impl OptimalDenoiser {
             let range = start as usize..(start + len) as usize;
             let sb = &sig[range.clone()];
             out.push(match self.precision {
-                Precision::F64 => self.block_f64(&xb, sb),
-                Precision::Mixed => self.block_mixed(&xb, sb, &tol[range]),
+                Arithmetic::F64 => self.block_f64(&xb, sb),
+                Arithmetic::Mixed => self.block_mixed(&xb, sb, &tol[range]),
             });
             start += len;
         }

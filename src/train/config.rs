@@ -213,15 +213,6 @@ impl ResolvedConfig {
         Ok(())
     }
 
-    /// The process's short name (vp, ddpm, edm).
-    pub fn process_name(&self) -> &'static str {
-        match self.process {
-            ProcessConfig::Vp { .. } => "vp",
-            ProcessConfig::Ddpm { .. } => "ddpm",
-            ProcessConfig::Edm { .. } => "edm",
-        }
-    }
-
     pub fn boundaries_sigma(&self) -> Vec<f64> {
         self.split.as_ref().map(|s| s.boundaries_sigma.clone()).unwrap_or_default()
     }
