@@ -7,29 +7,30 @@
 use msdiff::nn::UNetConfig;
 use msdiff::model::Network;
 use msdiff::train::optim::{gradients, Adam, OptimConfig};
-use std::time::Instant;
+use clap::Parser;
+use msdiff::runtime::time_median as time;
 use tch::{Device, Kind, Tensor};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(repeats: usize, mut f: F) -> f64 {
-    f();
-    median((0..repeats.max(1)).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+/// Time one training step's parts.
+#[derive(Parser)]
+struct Args {
+    /// Network preset (`msdiff info --help` lists them).
+    #[arg(default_value = "reference-6.5m")]
+    preset: String,
+    /// Batch size.
+    #[arg(default_value_t = 32)]
+    batch: i64,
+    /// Repeats (the median is reported; the Adam timings use at least 5).
+    #[arg(default_value_t = 3)]
+    repeats: usize,
+    /// libtorch threads.
+    #[arg(default_value_t = 2)]
+    threads: i32,
 }
 
 fn main() -> anyhow::Result<()> {
-    let a: Vec<String> = std::env::args().collect();
-    let preset = a.get(1).map(String::as_str).unwrap_or("reference-6.5m");
-    let batch: i64 = a.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32);
-    let repeats: usize = a.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let threads: i32 = a.get(4).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let Args { preset, batch, repeats, threads } = Args::parse();
+    let preset = preset.as_str();
     tch::set_num_threads(threads);
     let cfg = UNetConfig::preset(preset)?;
     tch::manual_seed(0);

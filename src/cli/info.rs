@@ -25,15 +25,9 @@ pub struct InfoArgs {
 pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
     let (cfg, split_t) = if let Some(p) = &a.config {
         let tc = crate::train::TrainConfig::load(p)?;
-        // Without loading the dataset: in_channels / resolution from the [model] table, else the preset's.
-        let preset = match tc.model.get("preset") {
-            Some(toml::Value::String(s)) => UNetConfig::preset(s)?,
-            _ => UNetConfig::default(),
-        };
-        let get = |k: &str, d: usize| tc.model.get(k).and_then(|v| v.as_integer()).map(|v| v as i64).unwrap_or(d as i64);
-        let (c, r) = (get("in_channels", preset.in_channels), get("resolution", preset.resolution));
+        // Without loading the dataset: the shape the [model] table (or its preset) declares.
         let base = p.parent().unwrap_or(std::path::Path::new("."));
-        let resolved = tc.resolve(base, [c, r, r])?;
+        let resolved = tc.resolve(base, crate::train::config::declared_shape(&tc.model)?)?;
         let t = resolved.split.as_ref().map(|s| s.boundaries_t.clone());
         (resolved.model, t)
     } else {

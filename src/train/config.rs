@@ -227,6 +227,19 @@ impl ResolvedConfig {
     }
 }
 
+/// The image shape `[C, R, R]` a `[model]` table declares without a dataset: its own
+/// `in_channels` / `resolution`, else its preset's (else the default layout's).
+pub fn declared_shape(table: &toml::Table) -> Result<[i64; 3]> {
+    let base = match table.get("preset") {
+        Some(toml::Value::String(p)) => UNetConfig::preset(p)?,
+        Some(other) => bail!("model.preset must be a string, got {other}"),
+        None => UNetConfig::default(),
+    };
+    let get = |k: &str, d: usize| table.get(k).and_then(|v| v.as_integer()).unwrap_or(d as i64);
+    let (c, r) = (get("in_channels", base.in_channels), get("resolution", base.resolution));
+    Ok([c, r, r])
+}
+
 /// A `[model]` table -> full layout: preset first, then overrides; `in_channels` and
 /// `resolution` follow the dataset unless set explicitly (then they must agree).
 pub fn resolve_model(table: &toml::Table, image_shape: [i64; 3]) -> Result<UNetConfig> {
