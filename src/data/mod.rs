@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `builtin`, `builtin:shapes`, `builtin:shapes-rgb` | [`procedural`] shapes (`resolution`, `count`, `seed` options) |
 //! | `mnist:DIR`, `fashion-mnist:DIR` (`:test` / `:train` suffix) | `DIR/{train,t10k}-images-idx3-ubyte[.gz]` + labels |
+//! | `mnist`, `fashion-mnist` (`mnist:test`, `mnist:train`) | the copy `scripts/fetch-assets` fetched (see [`assets`]) |
 //! | `idx:FILE` | one IDX image file (no labels) |
 //! | `cifar10:DIR` (`:test` / `:train` suffix) | CIFAR-10 binary batches in `DIR` or `DIR/cifar-10-batches-bin` |
 //! | `folder:DIR` | the PNG/JPEG files in `DIR` (see [`folder`]) |
@@ -15,7 +16,8 @@
 //! | a bare path | detected: a folder with IDX, CIFAR or image files, a `.npy` file or an IDX file |
 //!
 //! The split comes from the suffix if present, else from [`LoadOptions::split`]; `limit` keeps
-//! the first images (in file order).
+//! the first images (in file order). (A folder named `test` or `train` is `mnist:./test`.)
+pub mod assets;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
@@ -188,7 +190,7 @@ const SCHEMES: [&str; 8] = [
 ];
 
 const SPEC_HELP: &str =
-    "expected builtin[:shapes|:shapes-rgb], mnist:DIR, fashion-mnist:DIR, idx:FILE, \
+    "expected builtin[:shapes|:shapes-rgb], mnist[:DIR], fashion-mnist[:DIR], idx:FILE, \
                          cifar10:DIR, folder:DIR, npy:FILE or a path";
 
 /// Splits `rest` into (path, split) honouring a `:test` / `:train` suffix.
@@ -218,15 +220,29 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
 fn load_inner(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     let (scheme, rest) = match spec.split_once(':') {
         Some((s, r)) if SCHEMES.contains(&s) => (s, r),
-        _ if spec == "builtin" => ("builtin", ""),
+        _ if spec == "builtin" || assets::Asset::dataset(spec).is_some() => (spec, ""),
         _ if SCHEMES.contains(&spec) => bail!("'{spec}' needs a path: {spec}:PATH"),
         _ => ("", spec),
     };
     match scheme {
         "builtin" => load_builtin(rest, opts),
         "mnist" | "fashion-mnist" => {
-            let (dir, split) = split_suffix(rest, opts.split);
-            load_mnist_dir(Path::new(dir), split, opts.limit, scheme)
+            // No folder (`mnist`, `mnist:test`): the fetched copy (or the dev machines' ../shared one).
+            let (dir, split) = match rest {
+                "" => (None, opts.split),
+                "test" => (None, Split::Test),
+                "train" => (None, Split::Train),
+                _ => {
+                    let (dir, split) = split_suffix(rest, opts.split);
+                    (Some(PathBuf::from(dir)), split)
+                }
+            };
+            let dir = match dir {
+                Some(d) => d,
+                None if scheme == "mnist" => assets::locate(assets::Asset::Mnist)?,
+                None => assets::locate(assets::Asset::FashionMnist)?,
+            };
+            load_mnist_dir(&dir, split, opts.limit, scheme)
         }
         "idx" => load_idx_file(Path::new(rest), opts.limit),
         "cifar10" | "cifar-10" => {
@@ -597,7 +613,7 @@ mod tests {
         // Nonsense specs: clear one-line errors.
         for spec in [
             "/no/such/thing",
-            "mnist",
+            "mnist:/no/such",
             "folder:/no/such",
             "cifar10:/no/such",
         ] {
@@ -619,10 +635,7 @@ mod tests {
         let root = shared_data();
         for (name, first_label) in [("mnist", 5), ("fashion-mnist", 9)] {
             let dir = root.join(name);
-            if !dir.join("train-images-idx3-ubyte.gz").exists()
-                && !dir.join("train-images-idx3-ubyte").exists()
-            {
-                println!("SKIPPED: {name} not found under {}", root.display());
+            if !assets::test_asset_present(&dir.join("train-images-idx3-ubyte.gz"), name) {
                 continue;
             }
             let ds = load(
@@ -648,6 +661,18 @@ mod tests {
             )
             .unwrap();
             assert_eq!(test.shape(), [100, 1, 28, 28]);
+            // The spec without a folder finds a copy (fetched, or this one) with the same images.
+            let default = load(
+                &format!("{name}:test"),
+                &LoadOptions {
+                    limit: Some(100),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(default.name, format!("{name}-test"));
+            assert!(default.images.equal(&test.images), "{name}");
+            assert_eq!(default.labels, test.labels, "{name}");
         }
     }
 }
