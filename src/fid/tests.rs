@@ -1,28 +1,55 @@
 //! Tests of the FID module: the network against the reference fixtures, the resize, the
 //! statistics and the Frechet distance against closed forms.
-use super::inception::tf1_bilinear_matrix;
+use super::inception::{read_weights, resolve_weights, strip_prefix, tf1_bilinear_matrix, WEIGHTS_ENV};
 use super::*;
+use crate::data::assets::{self, test_asset_present, Asset};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-fn weights_path() -> std::path::PathBuf {
-    match std::env::var_os("MSDIFF_FID_WEIGHTS") {
-        Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_WEIGHTS),
+/// The weights (safetensors) in the folder beside the repository (dev and CI machines).
+fn shared_weights() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_WEIGHTS)
+}
+
+/// The copy `scripts/fetch-assets fid-weights` fetched, if there is a cache folder.
+fn fetched_weights() -> Option<PathBuf> {
+    assets::cache_root().map(|r| assets::fetched_path(Asset::FidWeights, &r))
+}
+
+/// The weights the tests use: `$MSDIFF_FID_WEIGHTS`, else the shared copy, else the fetched one.
+fn weights_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(WEIGHTS_ENV).filter(|v| !v.is_empty()) {
+        return p.into();
+    }
+    let shared = shared_weights();
+    match fetched_weights() {
+        Some(f) if !shared.is_file() && f.is_file() => f,
+        _ => shared,
     }
 }
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    weights_path().parent().unwrap().join("fixtures").join(name)
+/// The golden inputs and outputs (only in the shared folder).
+fn fixture(name: &str) -> PathBuf {
+    shared_weights().parent().unwrap().join("fixtures").join(name)
 }
 
-/// The network, or `None` (test skipped, loudly) when the shared weights are not present.
+/// The network, or `None` (test skipped, loudly; a failure under CI=true) when no weights are present.
 fn net() -> Option<FidInception> {
     let p = weights_path();
-    if !p.is_file() {
-        eprintln!("SKIPPED: FID weights not found at {} (set MSDIFF_FID_WEIGHTS)", p.display());
+    if !test_asset_present(&p, "FID weights") {
         return None;
     }
     Some(FidInception::load(&p, Device::Cpu).unwrap())
+}
+
+/// The golden inputs and features, or `None` (skipped loudly; a failure under CI=true).
+fn golden() -> Option<(Tensor, Tensor)> {
+    let (i, f) = (fixture("inputs_u8.npy"), fixture("features_f32.npy"));
+    if !test_asset_present(&i, "FID golden inputs") || !test_asset_present(&f, "FID golden features") {
+        return None;
+    }
+    Some((Tensor::read_npy(i).unwrap(), Tensor::read_npy(f).unwrap().to_kind(Kind::Double)))
 }
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -32,8 +59,7 @@ fn max_abs(t: &Tensor) -> f64 {
 #[test]
 fn fid_features_match_reference_fixture() {
     let Some(net) = net() else { return };
-    let inputs = Tensor::read_npy(fixture("inputs_u8.npy")).unwrap();
-    let golden = Tensor::read_npy(fixture("features_f32.npy")).unwrap().to_kind(Kind::Double);
+    let Some((inputs, golden)) = golden() else { return };
     assert_eq!(inputs.size(), [4, 3, 299, 299]);
     assert_eq!(inputs.kind(), Kind::Uint8);
     let feats = net.features_u8(&inputs).unwrap();
@@ -90,7 +116,8 @@ fn fid_weights_errors_are_clear() {
     let dir = std::env::temp_dir().join(format!("msdiff-fid-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let e = FidInception::load(dir.join("nope.safetensors"), Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("not found") && e.contains("README") && e.contains("--weights"), "{e}");
+    assert!(e.contains("not found") && e.contains("scripts/fetch-assets fid-weights") && e.contains("--weights"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
 
     let wrong = dir.join("wrong.safetensors");
     let t = Tensor::zeros([32, 3, 3, 4], (Kind::Float, Device::Cpu));
@@ -107,7 +134,90 @@ fn fid_weights_errors_are_clear() {
     std::fs::write(&garbage, b"hello world, definitely not safetensors").unwrap();
     let e = FidInception::load(&garbage, Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("not a readable safetensors file"), "{e}");
+    // A zip file that is not TorchScript: one line, no C++ trace.
+    let zip = dir.join("not-torchscript.pt");
+    std::fs::write(&zip, b"PK\x03\x04 and then nothing a zip reader wants").unwrap();
+    let e = FidInception::load(&zip, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("not a readable TorchScript file") && e.contains("scripts/fetch-assets"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Default weights: the environment variable, then the fetched copy, then the shared one; when
+/// none is there, one line that says which command fetches them.
+#[test]
+fn default_weights_resolution() {
+    let d = std::env::temp_dir().join(format!("msdiff-fid-resolve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let (cache, shared) = (d.join("cache"), d.join("shared"));
+    let put = |p: &Path| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"w").unwrap();
+    };
+    let e = format!("{:#}", resolve_weights(None, Some(&cache), &shared).unwrap_err());
+    assert!(e.contains("run scripts/fetch-assets fid-weights") && !e.contains('\n'), "{e}");
+    assert!(e.contains(&cache.join("assets/fid-weights/inception-2015-12-05-fid.pt").display().to_string()), "{e}");
+    let shared_file = assets::shared_path(Asset::FidWeights, &shared);
+    put(&shared_file);
+    assert_eq!(resolve_weights(None, Some(&cache), &shared).unwrap(), shared_file);
+    let fetched = assets::fetched_path(Asset::FidWeights, &cache);
+    put(&fetched);
+    assert_eq!(resolve_weights(None, Some(&cache), &shared).unwrap(), fetched);
+    assert_eq!(resolve_weights(Some("".into()), Some(&cache), &shared).unwrap(), fetched);
+    // The variable wins, and must name a file.
+    assert_eq!(resolve_weights(Some(shared_file.clone().into()), Some(&cache), &shared).unwrap(), shared_file);
+    let e = format!("{:#}", resolve_weights(Some(d.join("nope").into()), Some(&cache), &shared).unwrap_err());
+    assert!(e.contains("MSDIFF_FID_WEIGHTS=") && e.contains("nope") && e.contains("scripts/fetch-assets fid-weights"), "{e}");
+    // The dev-machine default is the shared asset's path.
+    assert_eq!(Path::new(DEFAULT_WEIGHTS), assets::shared_path(Asset::FidWeights, Path::new(assets::SHARED_ROOT)));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn torchscript_names_lose_their_wrapper_prefix() {
+    let t = || Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    let names = |v: Vec<(String, Tensor)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    let wrapped = ["net.layers.conv.weight", "net.layers.mixed.conv.weight", "net.layers.conv.beta", "other.x"];
+    let v = strip_prefix(wrapped.iter().map(|n| (n.to_string(), t())).collect());
+    assert_eq!(names(v), ["conv.weight", "mixed.conv.weight", "conv.beta", "other.x"]);
+    let plain = ["conv.weight", "mixed.conv.weight"];
+    let v = strip_prefix(plain.iter().map(|n| (n.to_string(), t())).collect());
+    assert_eq!(names(v), plain);
+}
+
+/// The TorchScript file that `scripts/fetch-assets fid-weights` fetches holds exactly the tensors of
+/// the shared safetensors file (all 376, bit for bit), so both give the same features on the golden
+/// inputs. Needs both copies: the fetched one is optional (CI has only the shared one), so its
+/// absence is a skip even under CI=true.
+#[test]
+fn fetched_torchscript_weights_equal_the_shared_safetensors() {
+    let shared = shared_weights();
+    if !test_asset_present(&shared, "FID weights (safetensors)") {
+        return;
+    }
+    let Some(fetched) = fetched_weights().filter(|f| f.is_file()) else {
+        eprintln!(
+            "SKIPPED: no fetched FID weights ({}); scripts/fetch-assets fid-weights fetches them",
+            fetched_weights().map_or("no cache folder".into(), |f| f.display().to_string())
+        );
+        return;
+    };
+    let a: HashMap<String, Tensor> = read_weights(&shared).unwrap().into_iter().collect();
+    let b: HashMap<String, Tensor> = read_weights(&fetched).unwrap().into_iter().collect();
+    assert_eq!(a.len(), 376);
+    assert_eq!(b.len(), 376);
+    for (name, x) in &a {
+        let y = b.get(name).unwrap_or_else(|| panic!("{name} missing from {}", fetched.display()));
+        assert_eq!((x.kind(), x.size()), (y.kind(), y.size()), "{name}");
+        assert!(x.equal(y), "{name} differs");
+    }
+    let Some((inputs, golden)) = golden() else { return };
+    let fa = FidInception::load(&shared, Device::Cpu).unwrap().features_u8(&inputs).unwrap();
+    let fb = FidInception::load(&fetched, Device::Cpu).unwrap().features_u8(&inputs).unwrap();
+    assert_eq!(max_abs(&(&fa - &fb)), 0.0, "the two copies give different features");
+    let rel = max_abs(&(fb.to_kind(Kind::Double) - &golden)) / max_abs(&golden);
+    eprintln!("fetched TorchScript weights: 376 tensors equal, features equal, max rel error vs golden {rel:.3e}");
+    assert!(rel < 1e-4, "{rel}");
 }
 
 /// TF1 legacy resize reference, straight from its definition (one pixel at a time).
