@@ -227,17 +227,69 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     assert_eq!(ck.last().unwrap().0, step + 2);
 }
 
-/// The FID Inception weights as the FID module's tests find them, or `None` (skipped, loudly).
+/// The FID Inception weights as the FID module's tests find them ($MSDIFF_FID_WEIGHTS, the shared
+/// copy, the fetched copy), or `None`: skipped loudly, or a failure under CI=true.
 fn fid_weights() -> Option<PathBuf> {
-    let p = std::env::var_os("MSDIFF_FID_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: FID weights not found at {} (set MSDIFF_FID_WEIGHTS)", p.display());
-        None
+    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
+    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
+    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
+        None => shared,
+    };
+    test_asset_present(&p, "FID weights").then_some(p)
+}
+
+/// Run msdiff in `dir` with the cache folder `cache` and no MSDIFF_FID_WEIGHTS: a machine with no
+/// `../shared` beside the working directory.
+fn msdiff_with_cache(dir: &Path, cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msdiff"))
+        .current_dir(dir)
+        .env("MSDIFF_CACHE", cache)
+        .env_remove("MSDIFF_FID_WEIGHTS")
+        .args(["--quiet", "--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run msdiff")
+}
+
+/// `mnist` / `fashion-mnist` without a folder and `fid` without --weights use the fetched copies
+/// (scripts/fetch-assets) in the cache folder; when they are missing, one error line says which
+/// command fetches them.
+#[test]
+fn fetched_assets_are_found_without_flags_and_their_absence_is_one_clear_line() {
+    let d = tmp("assets");
+    let (work, cache) = (d.join("work"), d.join("cache"));
+    std::fs::create_dir_all(&work).unwrap();
+    let out = d.join("s");
+    let sample = |spec: &str| {
+        let args = ["sample", "--model", "optimal", "--data", spec, "--sampler", "ddpm", "--steps", "2", "--seeds", "0-1"];
+        msdiff_with_cache(&work, &cache, &[&args[..], &["--out", out.to_str().unwrap()]].concat())
+    };
+    for (spec, name) in [("mnist", "mnist"), ("fashion-mnist:test", "fashion-mnist")] {
+        assert_user_error(&sample(spec), &format!("run scripts/fetch-assets {name} "));
     }
+    let o = msdiff_with_cache(&work, &cache, &["fid", "stats", "--data", "builtin", "--limit", "4", "--out", "x.safetensors"]);
+    assert_user_error(&o, "run scripts/fetch-assets fid-weights");
+    assert!(!work.join("x.safetensors").exists());
+    // A fetched MNIST (four tiny IDX files): `mnist` and `mnist:test` find it.
+    let m = cache.join("assets").join("mnist");
+    std::fs::create_dir_all(&m).unwrap();
+    use msdiff::data::idx::{encode_idx, IMAGES_MAGIC, LABELS_MAGIC};
+    for (prefix, n) in [("train", 3u32), ("t10k", 2)] {
+        let px: Vec<u8> = (0..n * 4 * 4).map(|i| (i * 7) as u8).collect();
+        std::fs::write(m.join(format!("{prefix}-images-idx3-ubyte")), encode_idx(IMAGES_MAGIC, &[n, 4, 4], &px)).unwrap();
+        std::fs::write(m.join(format!("{prefix}-labels-idx1-ubyte")), encode_idx(LABELS_MAGIC, &[n], &vec![1; n as usize])).unwrap();
+    }
+    for spec in ["mnist", "mnist:test", "mnist:train"] {
+        let o = sample(spec);
+        assert!(o.status.success(), "{spec}: {}", stderr(&o));
+    }
+    assert!(out.join("samples.npy").is_file() && out.join("images/000001.png").is_file());
+    // `mnist:DIR` still means that folder.
+    assert_user_error(&sample(&format!("mnist:{}", d.join("none").display())), "no such folder");
+    std::fs::remove_dir_all(&d).ok();
 }
 
 /// `fid stats`, then `eval` of a 2-step tiny run: the same seeds give the same FID and other seeds

@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
     about = "Multi-stage diffusion models (Zhang et al., CVPR 2024) on libtorch",
     long_about = "Multi-stage diffusion models (Zhang et al., CVPR 2024) on libtorch: timestep clustering, \
                   multi-decoder U-Nets and their baselines, training, the standard samplers and FID.\n\n\
-                  Dataset specs (--data): builtin (procedural shapes, no files), mnist:DIR, fashion-mnist:DIR \
-                  (IDX files, plain or gzip; add :test for the test split), idx:FILE, cifar10:DIR (binary batches), \
+                  Dataset specs (--data): builtin (procedural shapes, no files), mnist[:DIR], fashion-mnist[:DIR] \
+                  (IDX files, plain or gzip; no DIR: the copy from scripts/fetch-assets; add :test for the test split), idx:FILE, cifar10:DIR (binary batches), \
                   folder:DIR (PNG/JPEG), FILE.npy ([N,C,H,W] in [-1,1]) or a bare path (detected)."
 )]
 pub struct Cli {
