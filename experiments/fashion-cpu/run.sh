@@ -30,7 +30,7 @@ N=${N:-3000}
 REF_N=${REF_N:-10000}
 HEUN_LEVELS=${HEUN_LEVELS:-10}
 BF16=${BF16:-1}
-DATA=fashion-mnist:../shared/data/fashion-mnist
+DATA=fashion-mnist # the copy from scripts/fetch-assets (run it once: scripts/fetch-assets fashion-mnist fid-weights)
 if [ $((REF_N % 1000)) -eq 0 ]; then REF=$OUT/fm-train$((REF_N / 1000))k.safetensors; else REF=$OUT/fm-train$REF_N.safetensors; fi
 [ -x "$BIN" ] || { echo "build first: scripts/with-libtorch cargo build --release (or set MSDIFF=path/to/msdiff)" >&2; exit 2; }
 mkdir -p "$OUT"
