@@ -8,6 +8,7 @@ mod fid;
 mod info;
 mod sample;
 mod train;
+mod val_loss;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ pub enum Command {
     Fid(fid::FidArgs),
     /// Sample N images from a checkpoint and report their FID against reference statistics.
     Eval(fid::EvalArgs),
+    /// Validation loss of checkpoints on held-out images, per noise interval (e.g. per stage).
+    ValLoss(val_loss::ValLossArgs),
     /// Benchmarks (optimal denoiser, training step, sampling throughput); see docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
 }
@@ -110,5 +113,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fid(a) => fid::run(&cli.global, a),
         Command::Eval(a) => fid::run_eval(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::ValLoss(a) => val_loss::run(&cli.global, a),
     }
 }

@@ -11,12 +11,14 @@
 //! |---|---|
 //! | [`precond`] | what the network predicts (eps / x0 / v / EDM) and how its output becomes x0 |
 //! | [`stages`] | what a step draws per sample (stage, t, sigma): base laws, stage policies and weights |
+//! | [`validation`] | the loss on held-out images per noise interval |
 //!
 //! Conventions (docs/METHOD.md §1): the scaled space `x~ = x0 + sigma eps`; the network sees
 //! `input_scale * x~` (the process's signal scale alpha, or EDM's c_in), the noise label of
 //! [`Prediction::noise_label`], and its stage: the stage whose sigma interval holds sigma.
 pub mod precond;
 pub mod stages;
+pub mod validation;
 
 pub use precond::Prediction;
 pub use stages::{Draws, ObjectiveConfig, StagePolicy, StageSampler, StageWeights};
@@ -106,12 +108,13 @@ impl Objective {
     /// network output against the parameterisation's target at `x~ = x0 + sigma z`. For EDM this
     /// is EDM's weighted loss on D (Karras et al. 2022, eq. 8: the weight times c_out^2 is 1).
     /// `x0`, `z`: `[B, C, H, W]` f32 on the network's device; the stages are the drawn ones.
-    pub fn loss(&self, net: &dyn StagedNetwork, x0: &Tensor, z: &Tensor, draws: &Draws) -> Result<Tensor> {
+    /// `train`: dropout on (training) or off (validation).
+    pub fn loss(&self, net: &dyn StagedNetwork, x0: &Tensor, z: &Tensor, draws: &Draws, train: bool) -> Result<Tensor> {
         let device = x0.device();
         let nd = x0.dim();
         let sig = per_sample(&Tensor::from_slice(&draws.sigma).to_kind(Kind::Float).to_device(device), nd);
         let xt = x0 + z * &sig;
-        let (out, c) = self.forward(net, &xt, &draws.sigma, Some(&draws.stage), true)?;
+        let (out, c) = self.forward(net, &xt, &draws.sigma, Some(&draws.stage), train)?;
         let target = self.prediction.target(x0, z, &xt, &sig, &per_sample(&c.alpha, nd));
         let dims: Vec<i64> = (1..nd as i64).collect();
         Ok((&out - &target).square().mean_dim(dims.as_slice(), false, Kind::Float))

@@ -131,7 +131,7 @@ impl StageSampler {
     }
 
     /// Stage j's interval in process time, intersected with the training range.
-    fn t_interval(&self, j: usize) -> (f64, f64) {
+    pub fn t_interval(&self, j: usize) -> (f64, f64) {
         let (lo, hi) = self.t_range();
         let (slo, shi) = self.sigma_bounds[j];
         let a = if slo <= 0.0 { lo } else { self.process.t_from_sigma(slo).max(lo) };
@@ -185,7 +185,7 @@ impl StageSampler {
     }
 
     /// A time inside stage j from the base distribution restricted to it.
-    fn draw_t(&self, j: usize, rng: &mut Rng) -> Result<f64> {
+    pub fn draw_t(&self, j: usize, rng: &mut Rng) -> Result<f64> {
         match &self.process {
             Process::Vp(_) => {
                 let (a, b) = self.t_interval(j);

@@ -119,7 +119,7 @@ impl TrainState {
         let per = {
             let _rng = torch_rng();
             tch::manual_seed(dropout_seed);
-            objective.loss(&self.model.net, x0, z, draws)?
+            objective.loss(&self.model.net, x0, z, draws, true)?
         };
         let loss = per.mean(Kind::Float);
         let lv = loss.double_value(&[]);
