@@ -2,12 +2,13 @@
 //! (`GaussianDenoiser`), the optimal denoiser of a finite set (`OptimalDenoiser`), and
 //! independently computed reference grids (Python transcriptions of DPM-Solver's `get_time_steps`
 //! / `inverse_lambda` and of EDM's sigma formula).
-use msdiff::denoiser::optimal::Precision;
+use msdiff::denoiser::optimal::Arithmetic;
 use msdiff::denoiser::{Denoiser, GaussianDenoiser, OptimalDenoiser};
 use msdiff::process::{Process, ProcessConfig};
 use msdiff::rng::SampleStreams;
+use msdiff::sampler::dpm_solver_pp::{self, D2Weight};
 use msdiff::sampler::{
-    plan, sample, time_grid, DdpmVariance, SamplerConfig, SamplerKind, Spacing,
+    plan, sample, time_grid, DdpmVariance, Evaluator, SamplerConfig, SamplerKind, SamplerOption, Spacing,
 };
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
@@ -90,6 +91,8 @@ fn fitted_order(ns: &[f64], errs: &[f64]) -> f64 {
 /// 152 -> 0.0105 (VP) and the var-0.04 dimension bends around sigma ~ 0.2. Time-uniform grids
 /// (the default of DDIM/DPM-Solver++) put few points where lambda moves fast near t_end
 /// (dlambda/dt ~ 1/(2t)), so their last step dominates: logSNR spacing is far more accurate there.
+/// (That is also why, on the time-uniform grid, the reference's 3M, of order 2, errs less than
+/// 3M-exact: the few large final steps decide, not the order.)
 #[test]
 fn pf_ode_closed_form_gaussian() {
     use SamplerKind::*;
@@ -103,8 +106,10 @@ fn pf_ode_closed_form_gaussian() {
         (DpmSolver3, None, 20, "vp", 3e-2),     // 1.4e-2 (the paper's 20 NFE setting)
         (DpmSolverPp2M, None, 200, "vp", 2e-2), // 7.5e-3
         (DpmSolverPp2M, log, 200, "vp", 1e-3),  // 2.7e-4
-        (DpmSolverPp3M, None, 200, "vp", 2e-2), // 9.2e-3
-        (DpmSolverPp3M, log, 200, "vp", 1e-6),  // 3.5e-7
+        (DpmSolverPp3MExact, None, 200, "vp", 2e-2), // 9.2e-3
+        (DpmSolverPp3MExact, log, 200, "vp", 1e-6),  // 3.5e-7
+        (DpmSolverPp3M, None, 200, "vp", 1e-2),      // 3.4e-3 (the reference's 3M: order 2)
+        (DpmSolverPp3M, log, 200, "vp", 3e-4),       // 9.2e-5
         (Euler, None, 200, "vp", 5e-2),         // 2.4e-2
         (Heun, None, 100, "vp", 5e-3),          // 2.2e-3
         (Euler, None, 200, "edm", 5e-2),        // 2.3e-2
@@ -113,7 +118,8 @@ fn pf_ode_closed_form_gaussian() {
         (Ddim, log, 200, "edm", 5e-2),          // 2.5e-2
         (DpmSolver3, None, 200, "edm", 3e-5),   // 1.0e-5
         (DpmSolverPp2M, log, 200, "edm", 1e-3), // 3.3e-4
-        (DpmSolverPp3M, log, 200, "edm", 1e-6), // 2.5e-7
+        (DpmSolverPp3MExact, log, 200, "edm", 1e-6), // 2.5e-7
+        (DpmSolverPp3M, log, 200, "edm", 3e-4),      // 1.1e-4
     ];
     let mut failures = Vec::new();
     for &(kind, spacing, steps, proc_name, tol) in cases {
@@ -164,7 +170,9 @@ fn convergence_orders() {
         (SamplerKind::DpmSolver2, &[20, 40, 80, 160], "vp", 2.0),
         (SamplerKind::DpmSolver3, &[20, 41, 80, 161], "vp", 3.0),
         (SamplerKind::DpmSolverPp2M, &[20, 40, 80, 160], "vp", 2.0),
-        (SamplerKind::DpmSolverPp3M, &[20, 40, 80, 160], "vp", 3.0),
+        (SamplerKind::DpmSolverPp3MExact, &[20, 40, 80, 160], "vp", 3.0),
+        // The reference implementation's 3M (D2 weighted by phi_3): second order.
+        (SamplerKind::DpmSolverPp3M, &[20, 40, 80, 160], "vp", 2.0),
         (SamplerKind::Heun, &[20, 40, 80, 160], "edm", 2.0),
     ];
     let mut failures = Vec::new();
@@ -269,7 +277,7 @@ fn nearest(x: &Tensor, data: &Tensor) -> Vec<(f64, f64)> {
 
 /// Every sampler driven by the exact optimal denoiser of 6 random points in D = 16 (uniform in
 /// [-1, 1]^16; pairwise distances ~3.3) lands on a training point (docs/METHOD.md §2), on VP and EDM,
-/// and the discrete DDPM chain (continuous view), with `Precision::F64` and the default `Mixed`.
+/// and the discrete DDPM chain (continuous view), with `Arithmetic::F64` and the default `Mixed`.
 /// - Without the final jump the ODE ends at sigma_end, on the ray x~ = y + sigma_end e with
 ///   |e| ~ sqrt(D) = 4: bound 10 sigma_end sqrt(D) (0.42 VP, 0.08 EDM) and the second-nearest
 ///   point at least 2.0 away. Euler/Heun end at sigma = 0 through an Euler step that is exactly
@@ -283,8 +291,8 @@ fn optimal_denoiser_lands_on_training_points() {
     let data = pts.reshape([6, 16]).tanh() * 1.5; // spread in (-1.5, 1.5), deterministic
     let ddpm = ProcessConfig::from_name("ddpm-linear").unwrap().build().unwrap();
     for (proc_name, p) in [("vp", vp()), ("edm", edm()), ("ddpm-linear", ddpm)] {
-        for precision in [Precision::F64, Precision::Mixed] {
-            let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_precision(precision);
+        for precision in [Arithmetic::F64, Arithmetic::Mixed] {
+            let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_arithmetic(precision);
             let stored = den.data().to_kind(Kind::Double);
             for kind in SamplerKind::ALL {
                 for jump in [false, true] {
@@ -334,7 +342,8 @@ fn f32_samples_land_on_training_points() {
     let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap();
     let stored = den.data().to_kind(Kind::Double);
     for kind in [SamplerKind::Heun, SamplerKind::Euler, SamplerKind::DpmSolver3, SamplerKind::DpmSolverPp2M] {
-        let cfg = SamplerConfig { denoise_to_zero: true, ..SamplerConfig::new(kind, 20) };
+        // Euler/Heun end at sigma 0 (and refuse denoise_to_zero).
+        let cfg = SamplerConfig { denoise_to_zero: !kind.is_edm_family(), ..SamplerConfig::new(kind, 20) };
         let mut st = SampleStreams::from_seeds(&[1, 2, 3, 4]);
         let z = st.randn(&[16], Kind::Float);
         let out = sample(&cfg, &den, &vp(), &z, &mut st).unwrap();
@@ -433,6 +442,7 @@ fn nfe_counts_and_orders() {
     check(SamplerKind::DpmSolverPp3M, 5, false, &[1, 2, 3, 2, 1], 5);
     check(SamplerKind::DpmSolverPp3M, 12, true, &[1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3], 13);
     check(SamplerKind::DpmSolverPp3M, 2, false, &[1, 1], 2);
+    check(SamplerKind::DpmSolverPp3MExact, 5, false, &[1, 2, 3, 2, 1], 5);
     check(SamplerKind::Ddpm, 50, false, &[1; 50], 50);
     check(SamplerKind::Ddim, 10, true, &[1; 10], 11);
     check(SamplerKind::Euler, 18, false, &[1; 18], 18);
@@ -567,6 +577,100 @@ fn golden_reference_transcription() {
     assert!((x.double_value(&[0, 0]) - exact).abs() < 5e-3 * exact);
 }
 
+/// `dpm-solver++-3m` (and 2M) equal the reference implementation on the same noise, with an exact
+/// optimal denoiser (f64) of a small dataset.
+///
+/// The golden values in `tests/fixtures/dpmpp3m-reference.json` are outputs of LuChengTHU/dpm-solver
+/// (https://github.com/LuChengTHU/dpm-solver, commit 52bc3fbcd5de56d60917b826b15d2b69460fc2fa),
+/// `dpm_solver_pytorch.py`: `DPM_Solver(model_fn, NoiseScheduleVP("linear", 0.1, 20),
+/// algorithm_type="dpmsolver++").sample(x_T, steps, t_start=1, t_end, order, skip_type,
+/// method="multistep", lower_order_final, denoise_to_zero, solver_type="dpmsolver")`, per case as
+/// listed in the file, in float64 (`torch.set_default_dtype(torch.float64)`), torch 2.11.0 on the
+/// CPU. `model_fn` is the noise prediction of the exact optimal denoiser of `data` (6 points in
+/// 8 dimensions, f32-rounded, torch.Generator seed 11) and `x_T` is `noise` (4 draws, seed 12).
+/// Produced by `tests/fixtures/dpmpp3m-reference.py` (its docstring gives the command; run with
+/// the Python of msdiff's libtorch cache venv).
+///
+/// Tolerance 1e-6 relative (max-abs difference over the batch / max-abs value): the two compute
+/// the same VP-space formulas, msdiff in x~ = x / alpha, so they differ by roundoff only (observed
+/// 3e-14). 3M-exact (D2 weighted by 2 phi_3) is checked to be far from the reference (observed
+/// 1.4e-3 to 0.87) on the cases with third-order steps, so the comparison can tell the two
+/// coefficients apart.
+#[test]
+fn dpmpp_matches_the_reference_implementation() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dpmpp3m-reference.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let matrix = |v: &serde_json::Value| -> Tensor {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
+        let (r, c) = (rows.len() as i64, rows[0].len() as i64);
+        Tensor::from_slice(&rows.concat()).reshape([r, c])
+    };
+    let data = matrix(&golden["data"]);
+    let noise = matrix(&golden["noise"]);
+    let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_arithmetic(Arithmetic::F64);
+    let p = vp();
+    let cases = golden["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let kind = match case["order"].as_u64().unwrap() {
+            2 => SamplerKind::DpmSolverPp2M,
+            _ => SamplerKind::DpmSolverPp3M,
+        };
+        let spacing = match case["skip_type"].as_str().unwrap() {
+            "time_uniform" => Spacing::TimeUniform,
+            "time_quadratic" => Spacing::TimeQuadratic,
+            "logSNR" => Spacing::LogSnr,
+            o => panic!("{name}: skip_type {o}"),
+        };
+        let mut cfg = SamplerConfig::new(kind, case["steps"].as_u64().unwrap() as usize);
+        cfg.spacing = Some(spacing);
+        cfg.t_end = Some(case["t_end"].as_f64().unwrap());
+        cfg.lower_order_final = case["lower_order_final"].as_bool().unwrap();
+        cfg.denoise_to_zero = case["denoise_to_zero"].as_bool().unwrap();
+        let want = matrix(&case["x"]);
+        let scale = max_abs(&want);
+        let run = |cfg: &SamplerConfig| {
+            let mut st = SampleStreams::from_seeds(&[0, 1, 2, 3]);
+            sample(cfg, &den, &p, &noise, &mut st).unwrap().x
+        };
+        let rel = max_abs(&(run(&cfg) - &want)) / scale;
+        let orders = plan(&cfg, &p).unwrap().orders;
+        eprintln!("reference {name} ({kind}, orders {orders:?}): relative difference {rel:.3e}");
+        assert!(rel < 1e-6, "{name}: {kind} differs from the reference by {rel:.3e} (relative)");
+        // (With the final jump both land exactly on the same training point.)
+        if orders.contains(&3) && !cfg.denoise_to_zero {
+            let exact = SamplerConfig { kind: SamplerKind::DpmSolverPp3MExact, ..cfg.clone() };
+            let rel = max_abs(&(run(&exact) - &want)) / scale;
+            eprintln!("reference {name}: dpm-solver++-3m-exact differs by {rel:.3e}");
+            assert!(rel > 1e-4, "{name}: 3M-exact is as close to the reference as 3M ({rel:.3e})");
+        }
+    }
+}
+
+/// The per-family functions can be called directly with a public [`Evaluator`]: the multistep
+/// walk on `plan`'s grid gives `sample`'s result, with the same NFE.
+#[test]
+fn families_are_callable_with_an_evaluator() {
+    let g = gaussian();
+    let p = vp();
+    let (z, st) = prior(&seeds(3), &[4]);
+    let cfg = SamplerConfig { spacing: Some(Spacing::LogSnr), ..SamplerConfig::new(SamplerKind::DpmSolverPp3MExact, 12) };
+    let want = sample(&cfg, &g, &p, &z, &mut st.clone()).unwrap();
+    let pl = plan(&cfg, &p).unwrap();
+    let mut ev = Evaluator::new(&g, "mine", &z);
+    let x = &z * p.prior_scale(cfg.range(&p).1);
+    let x = dpm_solver_pp::multistep(&mut ev, x, &pl.sigma, &pl.orders, D2Weight::ThirdOrder).unwrap();
+    let x = x * p.scale(cfg.range(&p).0);
+    assert_eq!(ev.nfe(), want.nfe);
+    assert!(x.equal(&want.x), "direct call differs from sample()");
+    // Errors carry the evaluator's name.
+    let mut ev = Evaluator::new(&WrongShape, "mine", &z);
+    let e = ev.denoise(&z, 1.0).unwrap_err().to_string();
+    assert!(e.starts_with("mine:") && e.contains("shape"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration and bad input
 // ---------------------------------------------------------------------------------------------
@@ -585,6 +689,16 @@ fn names_and_serde() {
     assert!(e.contains("dpm-solver++-3m") && e.contains("heun"), "{e}");
     let e = "uniform".parse::<Spacing>().unwrap_err().to_string();
     assert!(e.contains("logsnr") && e.contains("karras"), "{e}");
+    // One table: clap's names are the serde names.
+    for k in SamplerKind::ALL {
+        assert_eq!(<SamplerKind as clap::ValueEnum>::from_str(k.name(), false).unwrap(), k);
+    }
+    for v in DdpmVariance::ALL {
+        assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{}\"", v.name()));
+        assert_eq!(v.name().parse::<DdpmVariance>().unwrap(), v);
+    }
+    let e = toml::from_str::<SamplerConfig>("kind = \"dpm-solver-4\"\nsteps = 2\n").unwrap_err().to_string();
+    assert!(e.contains("dpm-solver-4") && e.contains("dpm-solver++-3m-exact"), "{e}");
 
     // JSON round trip, including s_tmax = inf (omitted; null also reads as inf).
     let mut cfg = SamplerConfig::new(SamplerKind::Heun, 18);
@@ -606,6 +720,156 @@ fn names_and_serde() {
     assert_eq!(c.t_end, Some(1e-4));
     let s = toml::to_string(&cfg).unwrap();
     assert_eq!(toml::from_str::<SamplerConfig>(&s).unwrap(), cfg);
+}
+
+/// An option the sampler does not use is refused in a configuration (TOML/JSON or built in code),
+/// naming the samplers that use it, unless it is at its default (checkpoints written before this
+/// check store every option, at its default when unused).
+#[test]
+fn unused_options_are_refused_in_configs() {
+    let p = vp();
+    let err = |cfg: &SamplerConfig| cfg.validate(&p).err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let with = |kind: SamplerKind, f: &dyn Fn(&mut SamplerConfig)| {
+        let mut c = SamplerConfig::new(kind, 10);
+        f(&mut c);
+        c
+    };
+    use SamplerKind::*;
+    let cases: Vec<(SamplerConfig, &str)> = vec![
+        (with(Heun, &|c| c.eta = 0.5), "eta is used only by ddim; the sampler is heun"),
+        (
+            with(Ddim, &|c| c.rho = 5.0),
+            "rho is used only with karras spacing (the default of euler and heun); the sampler is ddim with time-uniform spacing",
+        ),
+        (
+            with(Heun, &|c| {
+                c.spacing = Some(Spacing::LogSnr);
+                c.rho = 5.0
+            }),
+            "rho is used only with karras spacing (the default of euler and heun); the sampler is heun with logsnr spacing",
+        ),
+        (with(DpmSolver3, &|c| c.ddpm_variance = DdpmVariance::Forward), "ddpm_variance is used only by ddpm; the sampler is dpm-solver-3"),
+        (with(Ddim, &|c| c.s_churn = 1.0), "s_churn is used only by euler and heun; the sampler is ddim"),
+        (with(Ddpm, &|c| c.s_tmin = 0.1), "s_tmin is used only by euler and heun; the sampler is ddpm"),
+        (with(DpmSolverPp2M, &|c| c.s_tmax = 10.0), "s_tmax is used only by euler and heun; the sampler is dpm-solver++-2m"),
+        (with(DpmSolver1, &|c| c.s_noise = 1.003), "s_noise is used only by euler and heun; the sampler is dpm-solver-1"),
+        (
+            with(DpmSolver3, &|c| c.lower_order_final = false),
+            "lower_order_final is used only by dpm-solver++-2m, dpm-solver++-3m and dpm-solver++-3m-exact; the sampler is dpm-solver-3",
+        ),
+        (
+            with(Euler, &|c| c.denoise_to_zero = true),
+            "denoise_to_zero is used only by ddpm, ddim, dpm-solver-1, dpm-solver-2, dpm-solver-3, dpm-solver++-2m, dpm-solver++-3m and dpm-solver++-3m-exact; the sampler is euler",
+        ),
+    ];
+    for (cfg, want) in &cases {
+        assert_eq!(err(cfg), *want, "{cfg:?}");
+        // sample() refuses it too.
+        let (z, mut st) = prior(&[1], &[4]);
+        assert!(sample(cfg, &gaussian(), &p, &z, &mut st).is_err());
+    }
+    // Where they apply, the same options are accepted.
+    for cfg in [
+        with(Ddim, &|c| c.eta = 0.5),
+        with(Ddim, &|c| {
+            c.spacing = Some(Spacing::Karras);
+            c.rho = 5.0
+        }),
+        with(Heun, &|c| c.rho = 5.0),
+        with(Ddpm, &|c| c.ddpm_variance = DdpmVariance::Forward),
+        with(Euler, &|c| {
+            c.s_churn = 1.0;
+            c.s_tmin = 0.1;
+            c.s_tmax = 10.0;
+            c.s_noise = 1.003
+        }),
+        with(DpmSolverPp3MExact, &|c| c.lower_order_final = false),
+        with(DpmSolver3, &|c| c.denoise_to_zero = true),
+    ] {
+        assert_eq!(err(&cfg), "", "{cfg:?}");
+    }
+    for o in SamplerOption::ALL {
+        assert!(cases.iter().any(|(c, _)| c.is_set(o)), "no case sets {o:?}");
+    }
+    // A TOML [train.sampler] table is checked the same way.
+    let c: SamplerConfig = toml::from_str("kind = \"heun\"\nsteps = 18\neta = 0.5\n").unwrap();
+    assert_eq!(err(&c), "eta is used only by ddim; the sampler is heun");
+    let c: SamplerConfig = toml::from_str("kind = \"dpm-solver-3\"\nsteps = 20\n").unwrap();
+    assert_eq!(err(&c), "");
+    // A checkpoint's sampler as written before (every option present, at its default) still loads.
+    let old = r#"{"kind":"heun","steps":18,"eta":0.0,"ddpm_variance":"posterior","rho":7.0,"s_churn":0.0,"s_tmin":0.0,"s_noise":1.0,"lower_order_final":true,"denoise_to_zero":false}"#;
+    let c: SamplerConfig = serde_json::from_str(old).unwrap();
+    assert_eq!(c, SamplerConfig::new(Heun, 18));
+    assert_eq!(err(&c), "");
+    let old = old.replace("heun", "dpm-solver-3");
+    assert_eq!(err(&serde_json::from_str(&old).unwrap()), "");
+}
+
+/// The CLI's sampler arguments, parsed as `msdiff sample` parses them.
+#[derive(clap::Parser, Debug)]
+struct SamplerCli {
+    #[command(flatten)]
+    sampler: msdiff::cli::args::SamplerArgs,
+}
+
+fn cli_config(args: &[&str]) -> Result<SamplerConfig, String> {
+    use clap::Parser;
+    let cli = SamplerCli::try_parse_from(std::iter::once("msdiff").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+    cli.sampler.config().map_err(|e| format!("{e:#}"))
+}
+
+/// On the command line, a flag the chosen sampler does not use is an error even at its default
+/// value; names are parsed by clap from the one table in `msdiff::sampler` and listed by `--help`.
+#[test]
+fn cli_sampler_flags() {
+    // Defaults: SamplerConfig's.
+    assert_eq!(cli_config(&[]).unwrap(), SamplerConfig::new(SamplerKind::DpmSolver3, 20));
+    let c = cli_config(&["--sampler", "heun", "--steps", "18", "--s-churn", "40", "--s-tmin", "0.05", "--s-tmax", "50", "--s-noise", "1.003", "--rho", "5"]).unwrap();
+    let want = SamplerConfig { s_churn: 40.0, s_tmin: 0.05, s_tmax: 50.0, s_noise: 1.003, rho: 5.0, ..SamplerConfig::new(SamplerKind::Heun, 18) };
+    assert_eq!(c, want);
+    let c = cli_config(&["--sampler", "ddim", "--eta", "0.5", "--spacing", "karras", "--rho", "3", "--denoise-to-zero"]).unwrap();
+    assert_eq!((c.kind, c.eta, c.spacing, c.rho, c.denoise_to_zero), (SamplerKind::Ddim, 0.5, Some(Spacing::Karras), 3.0, true));
+    let c = cli_config(&["--sampler", "ddpm", "--ddpm-variance", "forward"]).unwrap();
+    assert_eq!(c.ddpm_variance, DdpmVariance::Forward);
+    let c = cli_config(&["--sampler", "dpm-solver++-3m-exact", "--no-lower-order-final"]).unwrap();
+    assert_eq!((c.kind, c.lower_order_final), (SamplerKind::DpmSolverPp3MExact, false));
+
+    for (args, want) in [
+        (&["--sampler", "heun", "--eta", "0.5"][..], "--eta is used only by ddim; the sampler is heun"),
+        (&["--sampler", "heun", "--eta", "0"], "--eta is used only by ddim; the sampler is heun"),
+        (
+            &["--sampler", "ddim", "--rho", "7"],
+            "--rho is used only with karras spacing (the default of euler and heun); the sampler is ddim with time-uniform spacing",
+        ),
+        (&["--sampler", "dpm-solver-3", "--ddpm-variance", "posterior"], "--ddpm-variance is used only by ddpm; the sampler is dpm-solver-3"),
+        (&["--sampler", "ddim", "--s-churn", "1"], "--s-churn is used only by euler and heun; the sampler is ddim"),
+        (&["--sampler", "ddpm", "--s-tmin", "0.1"], "--s-tmin is used only by euler and heun; the sampler is ddpm"),
+        (&["--s-tmax", "10"], "--s-tmax is used only by euler and heun; the sampler is dpm-solver-3"),
+        (&["--sampler", "dpm-solver++-2m", "--s-noise", "1"], "--s-noise is used only by euler and heun; the sampler is dpm-solver++-2m"),
+        (
+            &["--sampler", "dpm-solver-2", "--no-lower-order-final"],
+            "--no-lower-order-final is used only by dpm-solver++-2m, dpm-solver++-3m and dpm-solver++-3m-exact; the sampler is dpm-solver-2",
+        ),
+        (
+            &["--sampler", "heun", "--denoise-to-zero"],
+            "--denoise-to-zero is used only by ddpm, ddim, dpm-solver-1, dpm-solver-2, dpm-solver-3, dpm-solver++-2m, dpm-solver++-3m and dpm-solver++-3m-exact; the sampler is heun",
+        ),
+    ] {
+        assert_eq!(cli_config(args).unwrap_err(), want, "{args:?}");
+    }
+    // Unknown names: clap's error lists the choices.
+    let e = cli_config(&["--sampler", "nope"]).unwrap_err();
+    assert!(e.contains("invalid value 'nope'") && e.contains("dpm-solver++-3m-exact"), "{e}");
+    let e = cli_config(&["--spacing", "uniform"]).unwrap_err();
+    assert!(e.contains("invalid value 'uniform'") && e.contains("time-quadratic"), "{e}");
+    let e = cli_config(&["--sampler", "ddpm", "--ddpm-variance", "fixedsmall"]).unwrap_err();
+    assert!(e.contains("invalid value 'fixedsmall'") && e.contains("posterior") && e.contains("forward"), "{e}");
+    // --help lists every name and the defaults kept in SamplerConfig.
+    let help = <SamplerCli as clap::CommandFactory>::command().render_help().to_string();
+    for name in SamplerKind::NAMES.iter().chain(&Spacing::NAMES).chain(&DdpmVariance::NAMES) {
+        assert!(help.contains(name), "--help does not list {name}:\n{help}");
+    }
+    assert!(help.contains("[default: 7]") && help.contains("[default: dpm-solver-3]"), "{help}");
 }
 
 struct NanAfter {

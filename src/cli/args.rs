@@ -1,6 +1,6 @@
 //! Argument groups shared by several subcommands.
-use crate::sampler::{DdpmVariance, SamplerConfig, SamplerKind, Spacing};
-use anyhow::{bail, ensure, Context, Result};
+use crate::sampler::{DdpmVariance, SamplerConfig, SamplerKind, SamplerOption, Spacing};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
 
 #[derive(Args, Debug, Clone)]
@@ -22,74 +22,101 @@ impl Global {
     }
 }
 
-/// Sampler selection and options.
+/// Sampler selection and options. An option the chosen sampler does not use is an error; options
+/// left out take [`SamplerConfig`]'s defaults.
 #[derive(Args, Debug, Clone)]
 pub struct SamplerArgs {
-    /// Sampler: ddpm, ddim, dpm-solver-1, dpm-solver-2, dpm-solver-3, dpm-solver++-2m, dpm-solver++-3m, euler, heun.
-    #[arg(long, default_value = "dpm-solver-3")]
-    pub sampler: String,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerKind::DpmSolver3)]
+    pub sampler: SamplerKind,
     /// Steps (for single-step DPM-Solver: the number of function evaluations; for euler/heun: the
     /// number of noise levels, Heun using 2n-1 evaluations).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Time spacing: logsnr, time-uniform, time-quadratic, karras (default: the sampler's own).
-    #[arg(long)]
-    pub spacing: Option<String>,
+    /// Time spacing (default: the sampler's own: logsnr for dpm-solver-1/2/3, karras for
+    /// euler/heun, time-uniform for the others).
+    #[arg(long, value_enum)]
+    pub spacing: Option<Spacing>,
     /// Start time (default: the process's, 1 for VP, sigma_max for EDM).
     #[arg(long)]
     pub t_start: Option<f64>,
     /// End time (default: the process's, 1e-3 for VP; the paper evaluated with 1e-4).
     #[arg(long)]
     pub t_end: Option<f64>,
-    /// DDIM eta (0 deterministic, 1 = DDPM posterior variance).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    /// DDPM variance: posterior (beta-tilde) or forward (beta).
-    #[arg(long, default_value = "posterior")]
-    pub ddpm_variance: String,
-    /// Karras rho for euler/heun.
-    #[arg(long, default_value_t = 7.0)]
-    pub rho: f64,
-    /// EDM churn S_churn (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub s_churn: f64,
-    /// EDM churn range lower sigma.
-    #[arg(long, default_value_t = 0.0)]
-    pub s_tmin: f64,
-    /// EDM churn range upper sigma (default infinity).
-    #[arg(long)]
+    #[arg(long, help = default_help("ddim: stochasticity eta (0 deterministic, 1 = DDPM posterior variance)", SamplerConfig::DEFAULT_ETA))]
+    pub eta: Option<f64>,
+    #[arg(long, value_enum, help = default_help("ddpm: the per-step noise variance", DdpmVariance::default()))]
+    pub ddpm_variance: Option<DdpmVariance>,
+    #[arg(long, help = default_help("Karras spacing (euler/heun, or --spacing karras): exponent rho", SamplerConfig::DEFAULT_RHO))]
+    pub rho: Option<f64>,
+    #[arg(long, help = default_help("euler/heun: churn S_churn (0 = deterministic)", SamplerConfig::DEFAULT_S_CHURN))]
+    pub s_churn: Option<f64>,
+    #[arg(long, help = default_help("euler/heun: lowest sigma that is churned", SamplerConfig::DEFAULT_S_TMIN))]
+    pub s_tmin: Option<f64>,
+    #[arg(long, help = default_help("euler/heun: highest sigma that is churned", SamplerConfig::DEFAULT_S_TMAX))]
     pub s_tmax: Option<f64>,
-    /// EDM churn noise scale S_noise.
-    #[arg(long, default_value_t = 1.0)]
-    pub s_noise: f64,
-    /// Multistep DPM-Solver++: keep the full order on the final steps.
+    #[arg(long, help = default_help("euler/heun: churn noise scale S_noise", SamplerConfig::DEFAULT_S_NOISE))]
+    pub s_noise: Option<f64>,
+    /// dpm-solver++-*: keep the full order on the final steps (by default steps below 10 end with
+    /// lower orders, as the reference implementation).
     #[arg(long)]
     pub no_lower_order_final: bool,
-    /// Finish with one extra denoiser call mapping the last sample to its x0 estimate.
+    /// All but euler/heun: finish with one extra denoiser call mapping the last sample to its x0
+    /// estimate.
     #[arg(long)]
     pub denoise_to_zero: bool,
 }
 
+/// `what` with clap's "[default: ...]" for a default kept in [`crate::sampler`].
+fn default_help(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}]")
+}
+
 impl SamplerArgs {
+    /// Whether the option was given on the command line.
+    fn given(&self, o: SamplerOption) -> bool {
+        match o {
+            SamplerOption::Eta => self.eta.is_some(),
+            SamplerOption::DdpmVariance => self.ddpm_variance.is_some(),
+            SamplerOption::Rho => self.rho.is_some(),
+            SamplerOption::SChurn => self.s_churn.is_some(),
+            SamplerOption::STmin => self.s_tmin.is_some(),
+            SamplerOption::STmax => self.s_tmax.is_some(),
+            SamplerOption::SNoise => self.s_noise.is_some(),
+            SamplerOption::LowerOrderFinal => self.no_lower_order_final,
+            SamplerOption::DenoiseToZero => self.denoise_to_zero,
+        }
+    }
+
+    /// The flag that sets an option.
+    fn flag(o: SamplerOption) -> String {
+        match o {
+            SamplerOption::LowerOrderFinal => "--no-lower-order-final".to_string(),
+            o => format!("--{}", o.key().replace('_', "-")),
+        }
+    }
+
+    /// The configuration; an option given for a sampler that does not use it is an error naming
+    /// the samplers that do (e.g. "--eta is used only by ddim; the sampler is heun").
     pub fn config(&self) -> Result<SamplerConfig> {
-        let kind: SamplerKind = self.sampler.parse()?;
-        let mut c = SamplerConfig::new(kind, self.steps);
-        c.spacing = self.spacing.as_deref().map(str::parse::<Spacing>).transpose()?;
+        let mut c = SamplerConfig::new(self.sampler, self.steps);
+        c.spacing = self.spacing;
         c.t_start = self.t_start;
         c.t_end = self.t_end;
-        c.eta = self.eta;
-        c.ddpm_variance = match self.ddpm_variance.as_str() {
-            "posterior" => DdpmVariance::Posterior,
-            "forward" => DdpmVariance::Forward,
-            o => bail!("unknown --ddpm-variance '{o}' (expected posterior or forward)"),
-        };
-        c.rho = self.rho;
-        c.s_churn = self.s_churn;
-        c.s_tmin = self.s_tmin;
-        c.s_tmax = self.s_tmax.unwrap_or(f64::INFINITY);
-        c.s_noise = self.s_noise;
-        c.lower_order_final = !self.no_lower_order_final;
-        c.denoise_to_zero = self.denoise_to_zero;
+        c.check_options(|o| self.given(o), Self::flag)?;
+        c.eta = self.eta.unwrap_or(c.eta);
+        c.ddpm_variance = self.ddpm_variance.unwrap_or(c.ddpm_variance);
+        c.rho = self.rho.unwrap_or(c.rho);
+        c.s_churn = self.s_churn.unwrap_or(c.s_churn);
+        c.s_tmin = self.s_tmin.unwrap_or(c.s_tmin);
+        c.s_tmax = self.s_tmax.unwrap_or(c.s_tmax);
+        c.s_noise = self.s_noise.unwrap_or(c.s_noise);
+        if self.no_lower_order_final {
+            c.lower_order_final = false;
+        }
+        if self.denoise_to_zero {
+            c.denoise_to_zero = true;
+        }
         Ok(c)
     }
 }

@@ -11,18 +11,18 @@
 //!   variance c^2 = sigma_t^2 (sigma_s^2 - sigma_t^2) / sigma_s^2 (posterior, beta-tilde) or
 //!   (sigma_s^2 - sigma_t^2) (alpha_s / alpha_t)^2 (forward beta: beta / alpha_t^2 in VP). The last
 //!   step adds no noise (Ho et al. output the mean at t = 1).
-use super::{DdpmVariance, Run};
+use super::{DdpmVariance, Evaluator};
 use crate::process::Process;
 use crate::rng::SampleStreams;
 use anyhow::Result;
 use tch::Tensor;
 
 /// DDIM with stochasticity `eta` in [0, 1] over the sigma grid `sig` (steps = sig.len() - 1).
-pub fn ddim(run: &mut Run, mut x: Tensor, sig: &[f64], eta: f64, streams: &mut SampleStreams) -> Result<Tensor> {
+pub fn ddim(ev: &mut Evaluator, mut x: Tensor, sig: &[f64], eta: f64, streams: &mut SampleStreams) -> Result<Tensor> {
     let steps = sig.len() - 1;
     for i in 0..steps {
         let (s, t) = (sig[i], sig[i + 1]);
-        let x0 = run.denoise(&x, s)?;
+        let x0 = ev.denoise(&x, s)?;
         let eps = (&x - &x0) / s;
         let r2 = (t / s).powi(2);
         // sigma_t^2 - c^2 = sigma_t^2 (1 - eta^2 (1 - r^2)).
@@ -30,16 +30,16 @@ pub fn ddim(run: &mut Run, mut x: Tensor, sig: &[f64], eta: f64, streams: &mut S
         let c = eta * t * (1.0 - r2).sqrt();
         x = x0 + eps * keep;
         if c > 0.0 {
-            x += run.noise(streams) * c;
+            x += ev.noise(streams) * c;
         }
-        run.check(&x, i, steps, s, t)?;
+        ev.check(&x, i, steps, s, t)?;
     }
     Ok(x)
 }
 
 /// DDPM ancestral sampling over the sigma grid `sig`.
 pub fn ddpm(
-    run: &mut Run,
+    ev: &mut Evaluator,
     mut x: Tensor,
     sig: &[f64],
     variance: DdpmVariance,
@@ -49,7 +49,7 @@ pub fn ddpm(
     let steps = sig.len() - 1;
     for i in 0..steps {
         let (s, t) = (sig[i], sig[i + 1]);
-        let x0 = run.denoise(&x, s)?;
+        let x0 = ev.denoise(&x, s)?;
         let eps = (&x - &x0) / s;
         x = x0 + eps * (t * t / s);
         if i + 1 < steps {
@@ -60,9 +60,9 @@ pub fn ddpm(
                     (s * s - t * t) * a * a
                 }
             };
-            x += run.noise(streams) * c2.max(0.0).sqrt();
+            x += ev.noise(streams) * c2.max(0.0).sqrt();
         }
-        run.check(&x, i, steps, s, t)?;
+        ev.check(&x, i, steps, s, t)?;
     }
     Ok(x)
 }

@@ -9,7 +9,7 @@
 //! x_{i+1} = x^ + (sigma_{i+1} - sigma^) (d + d') / 2. Heun costs 2n - 1 NFE, Euler n.
 //! Noise is drawn only on churned steps (gamma > 0); EDM's code draws it every step and discards
 //! it, which changes nothing but the stream position.
-use super::Run;
+use super::Evaluator;
 use crate::rng::SampleStreams;
 use anyhow::Result;
 use tch::Tensor;
@@ -25,7 +25,7 @@ pub struct Churn {
 
 /// Walk `sig` (n sigmas then 0). Returns x~ at sigma = 0.
 pub fn euler_heun(
-    run: &mut Run,
+    ev: &mut Evaluator,
     mut x: Tensor,
     sig: &[f64],
     heun: bool,
@@ -42,18 +42,18 @@ pub fn euler_heun(
         };
         let hat = cur + gamma * cur;
         let x_hat = if gamma > 0.0 {
-            &x + run.noise(streams) * ((hat * hat - cur * cur).sqrt() * churn.s_noise)
+            &x + ev.noise(streams) * ((hat * hat - cur * cur).sqrt() * churn.s_noise)
         } else {
             x
         };
-        let d = (&x_hat - run.denoise(&x_hat, hat)?) / hat;
+        let d = (&x_hat - ev.denoise(&x_hat, hat)?) / hat;
         let mut x_next = &x_hat + &d * (next - hat);
         if heun && next > 0.0 {
-            let d2 = (&x_next - run.denoise(&x_next, next)?) / next;
+            let d2 = (&x_next - ev.denoise(&x_next, next)?) / next;
             x_next = &x_hat + (d + d2) * (0.5 * (next - hat));
         }
         x = x_next;
-        run.check(&x, i, n, hat, next)?;
+        ev.check(&x, i, n, hat, next)?;
     }
     Ok(x)
 }

@@ -15,15 +15,20 @@
 //! - the result is returned in process space at `t_end`, `scale(t_end) * x~_end` (DPM-Solver's
 //!   output; EDM: scale 1), or, with `denoise_to_zero`, the denoiser's x0 at `t_end` (one extra NFE);
 //! - Euler/Heun (EDM Algorithm 2) map `t_end` to `sigma_min`; their last step goes to sigma = 0 and
-//!   `x~` at sigma 0 (which equals process space there) is returned as is (`denoise_to_zero` is a
-//!   no-op for them).
+//!   `x~` at sigma 0 (which equals process space there) is returned as is (so they refuse
+//!   `denoise_to_zero`).
+//!
+//! A [`SamplerConfig`] holds every option of every sampler; an option the chosen sampler does not
+//! use ([`SamplerOption`]) must stay at its default, else validation fails naming the samplers that
+//! use it.
 //!
 //! Randomness (DDPM, DDIM with eta > 0, churned Euler/Heun) only comes from the per-sample
 //! [`SampleStreams`], so sample `i` does not depend on the batch it is drawn in.
 //!
 //! Files: `mod.rs` (configuration, time grids, dispatch), [`ancestral`] (DDPM, DDIM),
 //! [`dpm_solver`] (single-step DPM-Solver-1/2/3), [`dpm_solver_pp`] (multistep DPM-Solver++
-//! 2M/3M), [`edm`] (Euler, Heun).
+//! 2M/3M/3M-exact), [`edm`] (Euler, Heun). Each family's function walks a sigma grid with an
+//! [`Evaluator`], so it can also be called directly; [`sample`] picks the grid and the family.
 
 pub mod ancestral;
 pub mod dpm_solver;
@@ -115,11 +120,10 @@ named_enum! {
         DpmSolver3 = "dpm-solver-3",
         /// Multistep DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
         DpmSolverPp2M = "dpm-solver++-2m",
-        /// Multistep DPM-Solver++(3M) as the reference implementation does it (D2 weighted by phi_3;
-        /// converges at order 2, see [`dpm_solver_pp`]).
+        /// Multistep DPM-Solver++(3M) exactly as the reference implementation (D2 weighted by
+        /// phi_3), which converges at order 2.
         DpmSolverPp3M = "dpm-solver++-3m",
-        /// Multistep DPM-Solver++(3M) with the third-order D2 coefficient 2 phi_3 (converges at
-        /// order 3, see [`dpm_solver_pp`]).
+        /// Multistep DPM-Solver++(3M) with the third-order D2 weight 2 phi_3: converges at order 3.
         DpmSolverPp3MExact = "dpm-solver++-3m-exact",
         /// EDM deterministic/stochastic Euler (Karras et al. 2022, Algorithm 2 without the correction).
         Euler = "euler",
@@ -170,8 +174,10 @@ named_enum! {
 
 named_enum! {
     /// DDPM's per-step noise variance.
+    #[derive(Default)]
     pub enum DdpmVariance ("DDPM variance") {
         /// The posterior variance beta-tilde (Ho et al. 2020 "fixedsmall"; = DDIM with eta = 1).
+        #[default]
         Posterior = "posterior",
         /// The forward transition variance beta (Ho et al. 2020 "fixedlarge"), with the same
         /// posterior mean. Over a step sigma_s -> sigma_t (sigma_t < sigma_s) this is, in x~ space,
@@ -181,23 +187,17 @@ named_enum! {
     }
 }
 
-impl Default for DdpmVariance {
-    fn default() -> Self {
-        DdpmVariance::Posterior
-    }
-}
-
 fn default_rho() -> f64 {
-    7.0
+    SamplerConfig::DEFAULT_RHO
 }
 fn default_inf() -> f64 {
-    f64::INFINITY
+    SamplerConfig::DEFAULT_S_TMAX
 }
-fn default_one() -> f64 {
-    1.0
+fn default_s_noise() -> f64 {
+    SamplerConfig::DEFAULT_S_NOISE
 }
-fn default_true() -> bool {
-    true
+fn default_lower_order_final() -> bool {
+    SamplerConfig::DEFAULT_LOWER_ORDER_FINAL
 }
 fn is_inf(x: &f64) -> bool {
     *x == f64::INFINITY
@@ -215,6 +215,8 @@ fn de_tmax<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error
 }
 
 /// A sampler and its options, as written in TOML/JSON files (only `kind` and `steps` are required).
+/// An option the sampler does not use ([`SamplerOption`]) must be left at its default:
+/// [`SamplerConfig::validate`] refuses, say, `eta = 0.5` with `heun`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerConfig {
@@ -250,17 +252,31 @@ pub struct SamplerConfig {
         deserialize_with = "de_tmax"
     )]
     pub s_tmax: f64,
-    #[serde(default = "default_one")]
+    #[serde(default = "default_s_noise")]
     pub s_noise: f64,
     /// Multistep DPM-Solver++: lower the order of the final steps when steps < 10.
-    #[serde(default = "default_true")]
+    #[serde(default = "default_lower_order_final")]
     pub lower_order_final: bool,
-    /// End with x0 = D(x~_end, sigma_end) (one extra NFE; ignored by Euler/Heun, which end at sigma 0).
+    /// End with x0 = D(x~_end, sigma_end) (one extra NFE; not for Euler/Heun, which end at sigma 0).
     #[serde(default)]
     pub denoise_to_zero: bool,
 }
 
 impl SamplerConfig {
+    /// Default DDIM stochasticity (deterministic DDIM).
+    pub const DEFAULT_ETA: f64 = 0.0;
+    /// Default Karras spacing exponent (EDM's).
+    pub const DEFAULT_RHO: f64 = 7.0;
+    /// Default EDM churn: none.
+    pub const DEFAULT_S_CHURN: f64 = 0.0;
+    /// Default EDM churn range: every sigma.
+    pub const DEFAULT_S_TMIN: f64 = 0.0;
+    pub const DEFAULT_S_TMAX: f64 = f64::INFINITY;
+    /// Default EDM churn noise scale.
+    pub const DEFAULT_S_NOISE: f64 = 1.0;
+    /// Default for multistep DPM-Solver++: lower the final orders (the reference's default).
+    pub const DEFAULT_LOWER_ORDER_FINAL: bool = true;
+
     /// `kind` with `steps` and every option at its default.
     pub fn new(kind: SamplerKind, steps: usize) -> Self {
         SamplerConfig {
@@ -269,14 +285,14 @@ impl SamplerConfig {
             spacing: None,
             t_start: None,
             t_end: None,
-            eta: 0.0,
-            ddpm_variance: DdpmVariance::Posterior,
-            rho: default_rho(),
-            s_churn: 0.0,
-            s_tmin: 0.0,
-            s_tmax: f64::INFINITY,
-            s_noise: 1.0,
-            lower_order_final: true,
+            eta: Self::DEFAULT_ETA,
+            ddpm_variance: DdpmVariance::default(),
+            rho: Self::DEFAULT_RHO,
+            s_churn: Self::DEFAULT_S_CHURN,
+            s_tmin: Self::DEFAULT_S_TMIN,
+            s_tmax: Self::DEFAULT_S_TMAX,
+            s_noise: Self::DEFAULT_S_NOISE,
+            lower_order_final: Self::DEFAULT_LOWER_ORDER_FINAL,
             denoise_to_zero: false,
         }
     }
@@ -302,10 +318,12 @@ impl SamplerConfig {
         (self.t_end.unwrap_or(e), self.t_start.unwrap_or(s))
     }
 
+    /// Every value in range on `process`, and no option set that the sampler does not use.
     pub fn validate(&self, process: &Process) -> Result<()> {
         let name = self.kind.name();
         ensure!(self.steps > 0, "{name}: steps must be at least 1 (got 0)");
         ensure!(self.steps <= 1_000_000, "{name}: steps {} is absurdly large (max 1000000)", self.steps);
+        self.check_options(|o| self.is_set(o), |o| o.key().to_string())?;
         let (t_end, t_start) = self.range(process);
         process.check_t(t_start).map_err(|e| anyhow!("{name}: t_start: {e}"))?;
         process.check_t(t_end).map_err(|e| anyhow!("{name}: t_end: {e}"))?;
@@ -328,13 +346,114 @@ impl SamplerConfig {
         Ok(())
     }
 
-    /// Whether the sampler draws noise during sampling.
-    pub fn is_stochastic(&self) -> bool {
-        match self.kind {
-            SamplerKind::Ddpm => self.steps > 1,
-            SamplerKind::Ddim => self.eta > 0.0,
-            SamplerKind::Euler | SamplerKind::Heun => self.s_churn > 0.0,
-            _ => false,
+    /// Whether `option` is set to something other than its default.
+    pub fn is_set(&self, option: SamplerOption) -> bool {
+        // `!=` on the floats: a NaN counts as set (and is then refused by a range check or here).
+        match option {
+            SamplerOption::Eta => self.eta != Self::DEFAULT_ETA,
+            SamplerOption::DdpmVariance => self.ddpm_variance != DdpmVariance::default(),
+            SamplerOption::Rho => self.rho != Self::DEFAULT_RHO,
+            SamplerOption::SChurn => self.s_churn != Self::DEFAULT_S_CHURN,
+            SamplerOption::STmin => self.s_tmin != Self::DEFAULT_S_TMIN,
+            SamplerOption::STmax => self.s_tmax != Self::DEFAULT_S_TMAX,
+            SamplerOption::SNoise => self.s_noise != Self::DEFAULT_S_NOISE,
+            SamplerOption::LowerOrderFinal => self.lower_order_final != Self::DEFAULT_LOWER_ORDER_FINAL,
+            SamplerOption::DenoiseToZero => self.denoise_to_zero,
+        }
+    }
+
+    /// Refuse every option for which `is_set` holds but that this sampler (with its spacing) does
+    /// not use, naming the option as `name` does (a CLI flag or a configuration key) and the
+    /// samplers that use it, e.g. "--eta is used only by ddim; the sampler is heun".
+    /// [`Self::validate`] runs it with [`Self::is_set`] and the configuration keys.
+    pub fn check_options(&self, is_set: impl Fn(SamplerOption) -> bool, name: impl Fn(SamplerOption) -> String) -> Result<()> {
+        for option in SamplerOption::ALL {
+            if is_set(option) && !option.is_used_by(self) {
+                let with = if option == SamplerOption::Rho { format!(" with {} spacing", self.spacing()) } else { String::new() };
+                bail!("{} is used only {}; the sampler is {}{with}", name(option), option.users(), self.kind);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An option of [`SamplerConfig`] that only some samplers use (the others refuse it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SamplerOption {
+    Eta,
+    DdpmVariance,
+    Rho,
+    SChurn,
+    STmin,
+    STmax,
+    SNoise,
+    LowerOrderFinal,
+    DenoiseToZero,
+}
+
+impl SamplerOption {
+    pub const ALL: [SamplerOption; 9] = [
+        SamplerOption::Eta,
+        SamplerOption::DdpmVariance,
+        SamplerOption::Rho,
+        SamplerOption::SChurn,
+        SamplerOption::STmin,
+        SamplerOption::STmax,
+        SamplerOption::SNoise,
+        SamplerOption::LowerOrderFinal,
+        SamplerOption::DenoiseToZero,
+    ];
+
+    /// The key in [`SamplerConfig`] files (the CLI flag is the same with dashes; for
+    /// `lower_order_final` it is `--no-lower-order-final`).
+    pub fn key(self) -> &'static str {
+        match self {
+            SamplerOption::Eta => "eta",
+            SamplerOption::DdpmVariance => "ddpm_variance",
+            SamplerOption::Rho => "rho",
+            SamplerOption::SChurn => "s_churn",
+            SamplerOption::STmin => "s_tmin",
+            SamplerOption::STmax => "s_tmax",
+            SamplerOption::SNoise => "s_noise",
+            SamplerOption::LowerOrderFinal => "lower_order_final",
+            SamplerOption::DenoiseToZero => "denoise_to_zero",
+        }
+    }
+
+    /// Whether a sampler of this kind uses the option (for `rho`: with Karras spacing).
+    fn kind_uses(self, kind: SamplerKind) -> bool {
+        match self {
+            SamplerOption::Eta => kind == SamplerKind::Ddim,
+            SamplerOption::DdpmVariance => kind == SamplerKind::Ddpm,
+            SamplerOption::Rho => kind.default_spacing() == Spacing::Karras,
+            SamplerOption::SChurn | SamplerOption::STmin | SamplerOption::STmax | SamplerOption::SNoise => {
+                kind.is_edm_family()
+            }
+            SamplerOption::LowerOrderFinal => kind.is_multistep(),
+            // Euler/Heun end at sigma 0, where x~ is the sample.
+            SamplerOption::DenoiseToZero => !kind.is_edm_family(),
+        }
+    }
+
+    /// Whether `cfg`'s sampler uses the option: rho is used by the Karras spacing, whichever the
+    /// sampler; the others by the samplers of [`Self::users`].
+    pub fn is_used_by(self, cfg: &SamplerConfig) -> bool {
+        match self {
+            SamplerOption::Rho => cfg.spacing() == Spacing::Karras,
+            _ => self.kind_uses(cfg.kind),
+        }
+    }
+
+    /// "by ddim", "by euler and heun", "with karras spacing (the default of euler and heun)".
+    pub fn users(self) -> String {
+        let names: Vec<&str> = SamplerKind::ALL.into_iter().filter(|&k| self.kind_uses(k)).map(SamplerKind::name).collect();
+        let list = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.join(""),
+        };
+        match self {
+            SamplerOption::Rho => format!("with {} spacing (the default of {list})", Spacing::Karras),
+            _ => format!("by {list}"),
         }
     }
 }
@@ -505,7 +624,7 @@ pub fn plan(cfg: &SamplerConfig, process: &Process) -> Result<Plan> {
             };
             Plan { t, sigma, orders, nfe: steps + jump }
         }
-        SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M => {
+        SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M | SamplerKind::DpmSolverPp3MExact => {
             let order = if cfg.kind == SamplerKind::DpmSolverPp2M { 2 } else { 3 };
             let (t, sigma) = pts(steps + 1);
             Plan { t, sigma, orders: multistep_orders(order, steps, cfg.lower_order_final), nfe: steps + jump }
@@ -527,8 +646,11 @@ pub fn time_grid(cfg: &SamplerConfig, process: &Process) -> Result<Vec<f64>> {
     Ok(plan(cfg, process)?.t)
 }
 
-/// Shared state of one sampling run: the denoiser, NFE counter and batch layout.
-pub struct Run<'a> {
+/// Evaluates the denoiser for one sampling run: counts the evaluations (NFE) and holds the batch
+/// layout (size, kind, device) that every evaluation, noise draw and check uses. The per-family
+/// functions ([`ancestral::ddim`], [`dpm_solver::singlestep`], [`dpm_solver_pp::multistep`],
+/// [`edm::euler_heun`], ...) take one, so they can be called directly on any sigma grid.
+pub struct Evaluator<'a> {
     den: &'a dyn Denoiser,
     name: &'static str,
     nfe: usize,
@@ -538,12 +660,15 @@ pub struct Run<'a> {
     device: Device,
 }
 
-impl<'a> Run<'a> {
-    fn new(den: &'a dyn Denoiser, name: &'static str, x: &Tensor) -> Self {
+impl<'a> Evaluator<'a> {
+    /// An evaluator of `den` for batches shaped like `x` (`[B, ...]`, with its kind and device);
+    /// `name` prefixes its error messages (e.g. the sampler's name).
+    pub fn new(den: &'a dyn Denoiser, name: &'static str, x: &Tensor) -> Self {
         let size = x.size();
-        Run { den, name, nfe: 0, batch: size[0], size, kind: x.kind(), device: x.device() }
+        Evaluator { den, name, nfe: 0, batch: size[0], size, kind: x.kind(), device: x.device() }
     }
 
+    /// Denoiser evaluations so far.
     pub fn nfe(&self) -> usize {
         self.nfe
     }
@@ -625,35 +750,38 @@ pub fn sample(
     );
     ensure!(all_finite(noise), "{name}: the prior noise contains NaN or infinite values");
     let (t_end, t_start) = cfg.range(process);
-    let mut run = Run::new(den, name, noise);
+    let mut ev = Evaluator::new(den, name, noise);
     let x = noise * process.prior_scale(t_start);
     let sig = &plan.sigma;
     let x = match cfg.kind {
-        SamplerKind::Ddpm => ancestral::ddpm(&mut run, x, sig, cfg.ddpm_variance, process, streams)?,
-        SamplerKind::Ddim => ancestral::ddim(&mut run, x, sig, cfg.eta, streams)?,
+        SamplerKind::Ddpm => ancestral::ddpm(&mut ev, x, sig, cfg.ddpm_variance, process, streams)?,
+        SamplerKind::Ddim => ancestral::ddim(&mut ev, x, sig, cfg.eta, streams)?,
         SamplerKind::DpmSolver1 | SamplerKind::DpmSolver2 | SamplerKind::DpmSolver3 => {
-            dpm_solver::singlestep(&mut run, x, sig, &plan.orders)?
+            dpm_solver::singlestep(&mut ev, x, sig, &plan.orders)?
         }
         SamplerKind::DpmSolverPp2M | SamplerKind::DpmSolverPp3M => {
-            dpm_solver_pp::multistep(&mut run, x, sig, &plan.orders)?
+            dpm_solver_pp::multistep(&mut ev, x, sig, &plan.orders, dpm_solver_pp::D2Weight::Reference)?
+        }
+        SamplerKind::DpmSolverPp3MExact => {
+            dpm_solver_pp::multistep(&mut ev, x, sig, &plan.orders, dpm_solver_pp::D2Weight::ThirdOrder)?
         }
         SamplerKind::Euler | SamplerKind::Heun => {
             let churn = edm::Churn { s_churn: cfg.s_churn, s_tmin: cfg.s_tmin, s_tmax: cfg.s_tmax, s_noise: cfg.s_noise };
-            edm::euler_heun(&mut run, x, sig, cfg.kind == SamplerKind::Heun, churn, streams)?
+            edm::euler_heun(&mut ev, x, sig, cfg.kind == SamplerKind::Heun, churn, streams)?
         }
     };
     let x = if cfg.kind.is_edm_family() {
         x
     } else if cfg.denoise_to_zero {
         let s_end = *sig.last().unwrap();
-        let x0 = run.denoise(&x, s_end)?;
+        let x0 = ev.denoise(&x, s_end)?;
         ensure!(all_finite(&x0), "{name}: non-finite values in the final denoising jump (sigma {s_end})");
         x0
     } else {
         x * process.scale(t_end)
     };
-    debug_assert_eq!(run.nfe, plan.nfe);
-    Ok(Sampled { x, nfe: run.nfe })
+    debug_assert_eq!(ev.nfe, plan.nfe);
+    Ok(Sampled { x, nfe: ev.nfe })
 }
 
 /// Sample one image per seed, `batch` at a time. Image i's prior draw and every later random draw
