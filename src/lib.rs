@@ -11,6 +11,7 @@
 //! | [`sampler`] | DDPM, DDIM, DPM-Solver(++), EDM Euler/Heun, all on any denoiser |
 //! | [`cluster`] | timestep clustering (Algorithm 1) and the baseline splits |
 //! | [`nn`] | layers and the multi-decoder U-Net |
+//! | [`autoencoder`] | KL / VQ autoencoders for latent diffusion: LDM layout, diffusers import, training, latent caches |
 //! | [`model`] | a network with its variable store; a trained one loaded from a checkpoint |
 //! | [`train`] | the training step and loop, optimiser, EMA, checkpoints |
 //! | [`fid`] | Inception-v3 features and the Frechet distance |
@@ -21,6 +22,7 @@
 //! | [`runtime`] | devices and threads |
 //! | [`cli`] | the `msdiff` command line |
 
+pub mod autoencoder;
 pub mod cli;
 pub mod cluster;
 pub mod data;

@@ -1,0 +1,137 @@
+//! Autoencoders (docs/LATENT.md): official parameter counts, shapes, the diffusers fixtures
+//! (tests/fixtures/autoencoder/), encode / decode / latent caches, training and exact resume,
+//! and one-line errors for bad input.
+use msdiff::autoencoder::{AutoencoderConfig, AutoencoderModel, Bottleneck, EncodeMode, PRESETS};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("msdiff-ae-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn numel(v: &[(String, Tensor)]) -> u64 {
+    v.iter().map(|(_, t)| t.numel() as u64).sum()
+}
+
+#[test]
+fn presets_have_the_official_counts_in_the_report_and_the_varstore() {
+    // vq-f4: ../shared/docs/official-architectures.md §2 (55,322,782 = encoder 22,337,411 +
+    // decoder 32,960,771 + codebook 8192 x 3 + quant_conv 12 + post_quant_conv 12). The other
+    // presets' totals are diffusers 0.42.1's named_parameters() of the same layouts (see
+    // tests/fixtures/autoencoder/make_fixtures.py, which prints them): kl-f4 55,312,063,
+    // kl-f8 83,653,863 (Stable Diffusion's VAE), vq-f4-noattn 53,219,486.
+    let official = [("vq-f4", 55_322_782u64), ("vq-f4-noattn", 53_219_486), ("kl-f4", 55_312_063), ("kl-f8", 83_653_863)];
+    for name in PRESETS {
+        let cfg = AutoencoderConfig::preset(name).unwrap();
+        let r = cfg.report(64, 64);
+        let m = AutoencoderModel::new(&cfg, 0, Device::Cpu, "test").unwrap();
+        let parts = [
+            ("encoder.", r.encoder.params),
+            ("quant_conv.", r.quant_conv.params),
+            ("quantize.", r.codebook.params),
+            ("post_quant_conv.", r.post_quant_conv.params),
+            ("decoder.", r.decoder.params),
+        ];
+        for (prefix, want) in parts {
+            assert_eq!(numel(&m.params_under(prefix)), want, "{name}: {prefix}");
+        }
+        assert_eq!(numel(&m.params()), r.total_params(), "{name}");
+        if let Some((_, n)) = official.iter().find(|(p, _)| p == name) {
+            assert_eq!(r.total_params(), *n, "{name}");
+        }
+    }
+    let vq = AutoencoderModel::new(&AutoencoderConfig::preset("vq-f4").unwrap(), 0, Device::Cpu, "test").unwrap();
+    assert_eq!(numel(&vq.params_under("encoder.")), 22_337_411);
+    assert_eq!(numel(&vq.params_under("decoder.")), 32_960_771);
+    assert_eq!(vq.params_under("quantize.")[0].1.size(), vec![8192, 3]);
+}
+
+#[test]
+fn shapes_seeds_and_the_two_bottlenecks() {
+    for name in ["tiny-kl", "tiny-vq"] {
+        let cfg = AutoencoderConfig::preset(name).unwrap();
+        let m = AutoencoderModel::new(&cfg, 7, Device::Cpu, "test").unwrap();
+        let again = AutoencoderModel::new(&cfg, 7, Device::Cpu, "test").unwrap();
+        let other = AutoencoderModel::new(&cfg, 8, Device::Cpu, "test").unwrap();
+        assert_eq!(m.fingerprint(), again.fingerprint(), "{name}: the seed must fix the weights");
+        assert_ne!(m.fingerprint(), other.fingerprint());
+        // Non-square, any multiple of the factor 2.
+        let x = msdiff::rng::Rng::new(1).randn(&[3, 1, 6, 10], Kind::Float).clamp(-1.0, 1.0);
+        let z = m.encode(&x, EncodeMode::Mean, false, &[0, 1, 2], 2, |_| {}).unwrap();
+        assert_eq!(z.size(), vec![3, 2, 3, 5]);
+        let y = m.decode(&z, false, 2, |_| {}).unwrap();
+        assert_eq!(y.size(), vec![3, 1, 6, 10]);
+        // Batch size does not change anything.
+        let z1 = m.encode(&x, EncodeMode::Mean, false, &[0, 1, 2], 3, |_| {}).unwrap();
+        assert!((&z - &z1).abs().max().double_value(&[]) < 1e-6);
+        match cfg.bottleneck {
+            Bottleneck::Kl => {
+                let a = m.encode(&x, EncodeMode::Sample, false, &[5, 6, 7], 1, |_| {}).unwrap();
+                let b = m.encode(&x.narrow(0, 1, 2), EncodeMode::Sample, false, &[6, 7], 2, |_| {}).unwrap();
+                assert!((a.narrow(0, 1, 2) - &b).abs().max().double_value(&[]) < 1e-6, "a sample must depend on its image's seed only");
+                assert!((&a - &z).abs().max().double_value(&[]) > 1e-3);
+                assert!(m.encode(&x, EncodeMode::Mean, true, &[0, 1, 2], 2, |_| {}).unwrap_err().to_string().contains("VQ"));
+            }
+            Bottleneck::Vq => {
+                let q = m.encode(&x, EncodeMode::Mean, true, &[], 2, |_| {}).unwrap();
+                let codes = m.codes(&z, 2).unwrap();
+                assert_eq!(codes.size(), vec![3, 3, 5]);
+                // The snapped latent is the codebook row of each code.
+                let book = m.params_under("quantize.")[0].1.shallow_clone();
+                let rows = book.index_select(0, &codes.reshape([-1])).reshape([3, 3, 5, 2]).permute([0, 3, 1, 2]);
+                assert!(q.equal(&rows));
+                // decode snaps first: decoding z or its snapped version is the same.
+                assert!(m.decode(&q, true, 3, |_| {}).unwrap().allclose(&y, 1e-6, 1e-6, false));
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_one_line_errors() {
+    let m = AutoencoderModel::new(&AutoencoderConfig::preset("kl-f8").unwrap(), 0, Device::Cpu, "test").unwrap();
+    let x = Tensor::zeros([1, 3, 36, 32], (Kind::Float, Device::Cpu));
+    let e = m.encode(&x, EncodeMode::Mean, false, &[0], 1, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("36x32") && e.contains("multiples of 8") && !e.contains('\n'), "{e}");
+    let e = m.decode(&Tensor::zeros([1, 3, 4, 4], (Kind::Float, Device::Cpu)), false, 1, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("[N, 4, h, w]"), "{e}");
+    let e = m.encode(&Tensor::zeros([1, 1, 8, 8], (Kind::Float, Device::Cpu)), EncodeMode::Mean, false, &[0], 1, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("1 channel"), "{e}");
+}
+
+#[test]
+fn folders_round_trip_and_foreign_folders_are_refused() {
+    let d = tmp("folder");
+    let cfg = AutoencoderConfig::preset("tiny-vq").unwrap();
+    let m = AutoencoderModel::new(&cfg, 3, Device::Cpu, "test").unwrap();
+    m.save(&d.join("ae")).unwrap();
+    let back = AutoencoderModel::load(&d.join("ae"), Device::Cpu).unwrap();
+    assert_eq!(back.fingerprint(), m.fingerprint());
+    assert_eq!(back.manifest, m.manifest);
+    // Saving again over it replaces it whole; no partial folder is left.
+    m.save(&d.join("ae")).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(names, vec!["ae".to_string()]);
+    // Another layout: a diffusion checkpoint-like folder, an empty folder, a diffusers folder.
+    std::fs::create_dir_all(d.join("empty")).unwrap();
+    let e = AutoencoderModel::load(&d.join("empty"), Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("not an msdiff autoencoder") && !e.contains('\n'), "{e}");
+    std::fs::create_dir_all(d.join("df")).unwrap();
+    std::fs::write(d.join("df/config.json"), "{}").unwrap();
+    std::fs::write(d.join("df/diffusion_pytorch_model.safetensors"), "").unwrap();
+    let e = AutoencoderModel::load(&d.join("df"), Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("autoencoder import --diffusers"), "{e}");
+    // Weights of another layout under a valid manifest.
+    let other = AutoencoderModel::new(&AutoencoderConfig::preset("tiny-kl").unwrap(), 0, Device::Cpu, "x").unwrap();
+    other.save(&d.join("kl")).unwrap();
+    std::fs::copy(d.join("kl/weights.safetensors"), d.join("ae/weights.safetensors")).unwrap();
+    let e = format!("{:#}", AutoencoderModel::load(&d.join("ae"), Device::Cpu).err().unwrap());
+    assert!(e.contains("does not match"), "{e}");
+    // Writing over something that is not an autoencoder folder is refused.
+    let e = m.save(&d.join("df")).unwrap_err().to_string();
+    assert!(e.contains("not an autoencoder folder"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
