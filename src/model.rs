@@ -3,7 +3,7 @@
 //! The [`tch::nn::VarStore`] is the one parameter registry: its paths (`encoder.*`,
 //! `decoder.{j}.*`, ...) are the checkpoint names, and per-stage questions ("which parameters
 //! belong to decoder 1?") are prefix queries on it ([`Network::params_under`]).
-use crate::nn::{MultiStageUNet, UNetConfig};
+use crate::nn::{Net, UNetConfig};
 use crate::objective::BoundDenoiser;
 use crate::runtime::Precision;
 use crate::train::checkpoint;
@@ -15,7 +15,8 @@ use tch::{Device, Tensor};
 
 pub struct Network {
     pub vs: VarStore,
-    pub net: MultiStageUNet,
+    /// NCSN++ or EDM's DDPM++, as the configuration's `family` says.
+    pub net: Net,
 }
 
 impl Network {
@@ -23,7 +24,7 @@ impl Network {
     /// the caller seeds it (`tch::manual_seed`) for reproducible initial weights.
     pub fn new(cfg: &UNetConfig, device: Device) -> Result<Self> {
         let vs = VarStore::new(device);
-        let net = MultiStageUNet::new(&vs.root(), cfg)?;
+        let net = Net::new(&vs.root(), cfg)?;
         Ok(Network { vs, net })
     }
 
@@ -49,6 +50,21 @@ impl Network {
 
     pub fn num_params(&self) -> i64 {
         self.params().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// Load the weights of a safetensors file holding exactly this network's variables: msdiff's
+    /// names, or a state dict exported from PyTorch, whose `model.` prefix (EDM's `EDMPrecond`)
+    /// is stripped and whose `resample_filter` buffers (constants) are ignored; see docs/EDM.md
+    /// for the export. Any other difference (a missing, extra or differently shaped tensor) is an
+    /// error naming it.
+    pub fn load_safetensors(&self, path: &std::path::Path) -> Result<()> {
+        let raw = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let src: Vec<(String, Tensor)> = raw
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("resample_filter"))
+            .map(|(n, t)| (n.strip_prefix("model.").map(str::to_string).unwrap_or(n), t))
+            .collect();
+        copy_into(&self.params(), &src, &format!("weights {}", path.display()))
     }
 }
 

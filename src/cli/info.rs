@@ -11,7 +11,8 @@ pub struct InfoArgs {
     /// A training config (TOML): reports its [model] and [stages].
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
-    /// A network preset: cifar10-multistage, cifar10-unified, cifar10-separate, reference-6.5m, tiny, small-*.
+    /// A network preset: cifar10-multistage, cifar10-unified, cifar10-separate, reference-6.5m, tiny, small-*
+    /// (NCSN++), or EDM's DDPM++: cifar10-edm-multistage, cifar10-edm-unified, cifar10-edm-separate, tiny-edm.
     #[arg(long)]
     pub preset: Option<String>,
     /// Stage boundaries for the interval-weighted GFLOPs (split JSON); default uniform.

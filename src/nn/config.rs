@@ -46,6 +46,21 @@ pub enum DecoderAttn {
     Block,
 }
 
+/// The network family: the layer conventions and layout a [`UNetConfig`] describes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// score_sde's NCSN++ / DDPM++ (`src/nn/unet.rs`): the paper's VP / DPM-Solver system.
+    /// A configuration without a `family` key is this one.
+    #[default]
+    Ncsnpp,
+    /// EDM's DDPM++ (`SongUNet`, `src/nn/ddpmpp/`): the paper's EDM system (docs/EDM.md). Of the
+    /// layout switches only `resample` applies (`plain` = EDM's [1,1] filter, `fir` = [1,3,3,1]);
+    /// `resample_with`, `decoder_attn`, `input_pyramid`, `skip_rescale` and `init_scale` are
+    /// NCSN++'s and are ignored.
+    Ddpmpp,
+}
+
 /// Multi-decoder (shared encoder) or fully separate networks per stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +117,12 @@ pub struct UNetConfig {
     /// Scale of the variance-scaling init of the "last" layers (second conv of each residual
     /// block, attention output, output conv); 0 means 1e-10 as in score_sde. Default 0.
     pub init_scale: f64,
+    /// Network family. Default `ncsnpp` (so every configuration written before families existed
+    /// keeps its meaning).
+    pub family: Family,
+    /// Width of the augmentation-label input (EDM's `augment_dim`: 9 for EDM's CIFAR-10
+    /// pipeline, 0 = none). `ddpmpp` only. Default 0.
+    pub augment_dim: usize,
 }
 
 impl Default for UNetConfig {
@@ -125,6 +146,8 @@ impl Default for UNetConfig {
             norm_max_groups: 16,
             norm_eps: 1e-6,
             init_scale: 0.0,
+            family: Family::Ncsnpp,
+            augment_dim: 0,
         }
     }
 }
@@ -141,6 +164,11 @@ pub const PRESETS: &[&str] = &[
     "small-separate",
     "small-multistage-lite",
 ];
+
+/// Every preset name: NCSN++ ([`PRESETS`]) and EDM's DDPM++ ([`super::ddpmpp::PRESETS`]).
+pub fn all_presets() -> Vec<&'static str> {
+    PRESETS.iter().chain(super::ddpmpp::PRESETS).copied().collect()
+}
 
 impl UNetConfig {
     /// A named preset (see [`PRESETS`]). Resolution / channels can be overridden afterwards.
@@ -160,7 +188,13 @@ impl UNetConfig {
     /// - `small-multistage-lite`: the `small` layout with decoders 32/24/16: the unified model's
     ///   width near the data and narrower decoders for the noisier stages, so sampling costs less
     ///   than with the unified model.
+    ///
+    /// EDM's DDPM++ presets ([`super::ddpmpp::PRESETS`]) are accepted too: see
+    /// [`super::ddpmpp::preset`].
     pub fn preset(name: &str) -> Result<Self> {
+        if super::ddpmpp::PRESETS.contains(&name) {
+            return super::ddpmpp::preset(name);
+        }
         let paper = Self::default();
         let small = Self {
             in_channels: 1,
@@ -181,6 +215,8 @@ impl UNetConfig {
             norm_max_groups: 32,
             norm_eps: 1e-6,
             init_scale: 0.0,
+            family: Family::Ncsnpp,
+            augment_dim: 0,
         };
         let cfg = match name {
             "cifar10-multistage" => paper,
@@ -213,7 +249,7 @@ impl UNetConfig {
             "small-multistage" => small,
             "small-unified" => Self { decoder_channels: vec![32], ..small },
             "small-separate" => Self { architecture: Architecture::Separate, ..small },
-            _ => bail!("unknown network preset {name:?}; known: {}", PRESETS.join(", ")),
+            _ => bail!("unknown network preset {name:?}; known: {}", all_presets().join(", ")),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -266,6 +302,9 @@ impl UNetConfig {
 
     /// Every channel count a GroupNorm is applied to, for stage decoder `d` (and the encoder).
     fn norm_widths(&self) -> Vec<usize> {
+        if self.family == Family::Ddpmpp {
+            return super::ddpmpp::norm_widths(self);
+        }
         let mut w = Vec::new();
         let e = self.base_channels;
         let mut c = e;
@@ -310,6 +349,11 @@ impl UNetConfig {
         ensure!(self.norm_max_groups > 0, "norm_max_groups must be > 0");
         ensure!(self.norm_eps > 0.0, "norm_eps must be > 0");
         ensure!(self.init_scale >= 0.0, "init_scale must be >= 0");
+        ensure!(
+            self.family == Family::Ddpmpp || self.augment_dim == 0,
+            "augment_dim applies to family = \"ddpmpp\" (EDM's network) only, got {} for ncsnpp",
+            self.augment_dim
+        );
         let e = self.embed_dim();
         ensure!(
             e >= 4 && e % 2 == 0,

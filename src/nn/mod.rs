@@ -6,7 +6,10 @@
 //! - [`embedding`]: sinusoidal noise-level embedding + MLP;
 //! - [`unet`]: [`Encoder`], [`Decoder`], [`MultiStageUNet`] (multistage, unified, separate) with
 //!   per-sample routing;
-//! - [`report`]: analytic parameter counts and GFLOPs ([`report::report`]).
+//! - [`report`]: analytic parameter counts and GFLOPs ([`report::report`]);
+//! - [`ddpmpp`]: EDM's DDPM++ family ([`ddpmpp::SongUNet`], `family = "ddpmpp"`), the network of
+//!   the paper's EDM system (docs/EDM.md);
+//! - [`Net`]: a network of either family, as [`crate::model::Network`] holds it.
 //!
 //! Gradient policy: a decoder whose stage has no sample in a batch is not run, so its parameters
 //! get no gradient (undefined `grad()`); the trainer must not move them (e.g. skip them in the
@@ -14,12 +17,14 @@
 
 pub mod blocks;
 pub mod config;
+pub mod ddpmpp;
 pub mod embedding;
 pub mod layers;
 pub mod report;
 pub mod unet;
 
-pub use config::{Architecture, DecoderAttn, Resample, ResampleWith, UNetConfig, PRESETS};
+pub use config::{all_presets, Architecture, DecoderAttn, Family, Resample, ResampleWith, UNetConfig, PRESETS};
+pub use ddpmpp::SongUNet;
 pub use report::{report, ModelReport};
 pub use unet::{Decoder, Encoder, MultiStageUNet};
 
@@ -28,5 +33,123 @@ pub use unet::{Decoder, Encoder, MultiStageUNet};
 pub trait StagedNetwork {
     /// `x` `[B, C, H, W]`, `noise_label` `[B]` f32, `stage` `[B]` i64 -> `[B, C, H, W]`.
     fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor>;
+    /// As [`StagedNetwork::forward_staged`] with EDM's augmentation labels `[B, augment_dim]`
+    /// (none: no augmentation, as at sampling). A network without an augment input refuses labels.
+    fn forward_augmented(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        augment: Option<&tch::Tensor>,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor> {
+        anyhow::ensure!(augment.is_none(), "this network takes no augment labels");
+        self.forward_staged(x, noise_label, stage, train)
+    }
+    /// Width of the augment-label input (0: none).
+    fn augment_dim(&self) -> usize {
+        0
+    }
     fn num_stages(&self) -> usize;
+}
+
+/// A staged network that feeds fixed augment labels to every forward pass: how the trainer
+/// hands EDM's augmentation labels to the network through [`crate::objective::Objective::loss`].
+pub struct WithAugment<'a> {
+    pub net: &'a dyn StagedNetwork,
+    /// `[B, augment_dim]`, in the batch's order.
+    pub labels: &'a tch::Tensor,
+}
+
+impl StagedNetwork for WithAugment<'_> {
+    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+        self.net.forward_augmented(x, noise_label, stage, Some(self.labels), train)
+    }
+    fn augment_dim(&self) -> usize {
+        self.net.augment_dim()
+    }
+    fn num_stages(&self) -> usize {
+        self.net.num_stages()
+    }
+}
+
+/// A network of either family.
+#[derive(Debug)]
+pub enum Net {
+    /// score_sde's NCSN++ layout (`family = "ncsnpp"`).
+    Ncsnpp(MultiStageUNet),
+    /// EDM's DDPM++ (`family = "ddpmpp"`).
+    Ddpmpp(SongUNet),
+}
+
+impl Net {
+    /// Builds the network `cfg.family` names under `vs`.
+    pub fn new(vs: &tch::nn::Path, cfg: &UNetConfig) -> anyhow::Result<Self> {
+        Ok(match cfg.family {
+            Family::Ncsnpp => Net::Ncsnpp(MultiStageUNet::new(vs, cfg)?),
+            Family::Ddpmpp => Net::Ddpmpp(SongUNet::new(vs, cfg)?),
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        match self {
+            Net::Ncsnpp(n) => n.config(),
+            Net::Ddpmpp(n) => n.config(),
+        }
+    }
+
+    pub fn num_stages(&self) -> usize {
+        match self {
+            Net::Ncsnpp(n) => n.num_stages(),
+            Net::Ddpmpp(n) => n.num_stages(),
+        }
+    }
+
+    /// The network's own forward pass (inputs in the weights' kind; no augment labels): see
+    /// [`MultiStageUNet::forward`] and [`SongUNet::forward`].
+    pub fn forward(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+        match self {
+            Net::Ncsnpp(n) => n.forward(x, noise_label, stage, train),
+            Net::Ddpmpp(n) => n.forward(x, noise_label, stage, None, train),
+        }
+    }
+
+    /// The kind of the weights.
+    pub fn kind(&self) -> tch::Kind {
+        match self {
+            Net::Ncsnpp(n) => n.kind(),
+            Net::Ddpmpp(n) => n.kind(),
+        }
+    }
+}
+
+impl StagedNetwork for Net {
+    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+        match self {
+            Net::Ncsnpp(n) => n.forward_staged(x, noise_label, stage, train),
+            Net::Ddpmpp(n) => n.forward_staged(x, noise_label, stage, train),
+        }
+    }
+    fn forward_augmented(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        augment: Option<&tch::Tensor>,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor> {
+        match self {
+            Net::Ncsnpp(n) => n.forward_augmented(x, noise_label, stage, augment, train),
+            Net::Ddpmpp(n) => n.forward_augmented(x, noise_label, stage, augment, train),
+        }
+    }
+    fn augment_dim(&self) -> usize {
+        match self {
+            Net::Ncsnpp(_) => 0,
+            Net::Ddpmpp(n) => StagedNetwork::augment_dim(n),
+        }
+    }
+    fn num_stages(&self) -> usize {
+        Net::num_stages(self)
+    }
 }

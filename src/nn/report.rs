@@ -17,7 +17,7 @@ use std::fmt;
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Architecture, DecoderAttn, Resample, ResampleWith, UNetConfig};
+use super::config::{Architecture, DecoderAttn, Family, Resample, ResampleWith, UNetConfig};
 
 /// Parameters and FLOPs of one part.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -37,20 +37,20 @@ fn sq(r: usize) -> f64 {
     (r * r) as f64
 }
 
-fn conv(i: usize, o: usize, k: usize, rout: usize) -> Cost {
+pub(crate) fn conv(i: usize, o: usize, k: usize, rout: usize) -> Cost {
     Cost { params: (i * o * k * k + o) as u64, flops: 2.0 * (i * o * k * k) as f64 * sq(rout) }
 }
 
-fn dense(i: usize, o: usize) -> Cost {
+pub(crate) fn dense(i: usize, o: usize) -> Cost {
     Cost { params: (i * o + o) as u64, flops: 2.0 * (i * o) as f64 }
 }
 
-fn norm(c: usize) -> Cost {
+pub(crate) fn norm(c: usize) -> Cost {
     Cost { params: 2 * c as u64, flops: 0.0 }
 }
 
 /// Cost of the resampling filter producing `c` channels at `rout`.
-fn filter(kind: Resample, up: bool, c: usize, rout: usize) -> f64 {
+pub(crate) fn filter(kind: Resample, up: bool, c: usize, rout: usize) -> f64 {
     let taps = match (kind, up) {
         (Resample::Fir, _) => 16.0,
         (Resample::Plain, false) => 4.0,
@@ -227,10 +227,16 @@ pub fn report(cfg: &UNetConfig, boundaries_t: &[f64]) -> Result<ModelReport> {
     let span = b[s] - b[0];
     let interval_weights: Vec<f64> = b.windows(2).map(|w| (w[1] - w[0]) / span).collect();
 
-    let emb = embedding_cost(cfg);
-    let mut enc = encoder_cost(cfg);
+    let (emb, mut enc, decs): (Cost, Cost, Vec<Cost>) = match cfg.family {
+        Family::Ncsnpp => {
+            (embedding_cost(cfg), encoder_cost(cfg), cfg.decoder_channels.iter().map(|&d| decoder_cost(cfg, d)).collect())
+        }
+        Family::Ddpmpp => {
+            use super::ddpmpp::report as dr;
+            (dr::mapping_cost(cfg), dr::encoder_cost(cfg), cfg.decoder_channels.iter().map(|&d| dr::decoder_cost(cfg, d)).collect())
+        }
+    };
     enc += emb;
-    let decs: Vec<Cost> = cfg.decoder_channels.iter().map(|&d| decoder_cost(cfg, d)).collect();
     let stage_params: Vec<u64> = decs.iter().map(|d| enc.params + d.params).collect();
     let total_params = match cfg.architecture {
         Architecture::Multistage => enc.params + decs.iter().map(|d| d.params).sum::<u64>(),
