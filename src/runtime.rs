@@ -3,6 +3,33 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use tch::{Device, Tensor};
 
+/// Make libtorch's OpenMP threads sleep, not spin, while they wait for work.
+///
+/// libtorch's CPU kernels run on GNU OpenMP, whose threads by default spin for a while after
+/// each parallel region. When the cores are shared (another process, a build, a second run),
+/// a spinning thread burns the time slice its partner needs to finish, and a job slows down far
+/// more than its share of the CPU: `msdiff cluster` on 200 images went from 1.7 s to 41-80 s
+/// with one competing busy loop, and 3.1-4.2 s with passive waiting (docs/BENCHMARKS.md,
+/// "Shared machines"). The policy is read once, when the OpenMP runtime loads with libtorch
+/// (before `main`), so it can only be set for a fresh process image: when `OMP_WAIT_POLICY` is
+/// unset, this sets it to `PASSIVE` and re-executes the binary with the same arguments. A value
+/// the user set (`OMP_WAIT_POLICY=ACTIVE` for a dedicated machine) is kept. If the re-exec fails
+/// the program simply goes on with the default policy.
+pub fn ensure_passive_openmp_wait() {
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    // exec only returns on failure; carry on in this process.
+    eprintln!("msdiff: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); continuing with OpenMP's default");
+    std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+}
+
 /// Set libtorch's intra-op thread count (`0` = all cores).
 pub fn set_threads(n: usize) {
     let n = if n == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n };
