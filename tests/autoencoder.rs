@@ -135,3 +135,89 @@ fn folders_round_trip_and_foreign_folders_are_refused() {
     assert!(e.contains("not an autoencoder folder"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+fn fixture(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autoencoder").join(name)
+}
+
+fn expected(name: &str) -> std::collections::BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(fixture(name).join("expected.safetensors")).unwrap().into_iter().collect()
+}
+
+/// max |a - b| / max |b|: the error relative to the tensor's scale (elementwise relative errors
+/// are meaningless near zero).
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[])
+}
+
+#[test]
+fn diffusers_kl_fixture_matches_diffusers_itself() {
+    // Expected values: diffusers 0.42.1 on the same folder and inputs
+    // (tests/fixtures/autoencoder/make_fixtures.py, which states every version).
+    let m = msdiff::autoencoder::diffusers::import(&fixture("kl"), Device::Cpu).unwrap();
+    let e = expected("kl");
+    assert_eq!((m.manifest.scaling_factor, m.manifest.shift_factor), (Some(0.4321), Some(0.0625)));
+    assert_eq!((m.config().ch_mult.clone(), m.config().num_res_blocks, m.config().embed_dim), (vec![1, 1, 1], 2, 4));
+    let g = tch::no_grad(|| m.net.posterior(&e["x"]).unwrap());
+    let errs = [
+        ("mean", rel_err(&g.mean, &e["mean"])),
+        ("logvar", rel_err(&g.logvar, &e["logvar"])),
+        ("decode(mean)", rel_err(&tch::no_grad(|| m.net.decode(&e["mean"]).unwrap()), &e["decode_mean"])),
+        ("decode(z)", rel_err(&m.decode(&e["z"], false, 2, |_| {}).unwrap(), &e["decode_z"])),
+    ];
+    for (what, err) in errs {
+        eprintln!("KL fixture: {what} relative error {err:.2e}");
+        assert!(err < 1e-4, "{what}: relative error {err:.2e}");
+    }
+    // Through an msdiff folder and back: the same numbers.
+    let d = tmp("kl-import");
+    m.save(&d.join("ae")).unwrap();
+    let back = AutoencoderModel::load(&d.join("ae"), Device::Cpu).unwrap();
+    assert_eq!(back.fingerprint(), m.fingerprint());
+    assert!(back.manifest.source.contains("AutoencoderKL") && back.manifest.source.contains("0.42.1"), "{}", back.manifest.source);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn diffusers_vq_fixture_matches_diffusers_itself_and_codes_exactly() {
+    let m = msdiff::autoencoder::diffusers::import(&fixture("vq"), Device::Cpu).unwrap();
+    let e = expected("vq");
+    assert_eq!((m.config().attn_levels.clone(), m.config().z_channels, m.config().embed_dim, m.config().n_embed), (vec![1], 3, 2, 32));
+    let h = m.encode(&e["x"], EncodeMode::Mean, false, &[], 2, |_| {}).unwrap();
+    let codes = m.codes(&h, 2).unwrap();
+    assert!(codes.equal(&e["codes"]), "VQ codes differ from diffusers'");
+    let errs = [
+        ("h (pre-quantisation)", rel_err(&h, &e["h"])),
+        ("decode(h) (quantised)", rel_err(&m.decode(&e["h"], false, 2, |_| {}).unwrap(), &e["decode"])),
+        ("decode(h, no quantisation)", rel_err(&m.decode(&e["h"], true, 2, |_| {}).unwrap(), &e["decode_no_quantize"])),
+    ];
+    for (what, err) in errs {
+        eprintln!("VQ fixture: {what} relative error {err:.2e}");
+        assert!(err < 1e-4, "{what}: relative error {err:.2e}");
+    }
+}
+
+#[test]
+fn diffusers_folders_of_unsupported_layouts_are_one_line_errors() {
+    let d = tmp("df-bad");
+    let copy = |name: &str, edit: &dyn Fn(String) -> String| -> PathBuf {
+        let dst = d.join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(fixture("kl").join("diffusion_pytorch_model.safetensors"), dst.join("diffusion_pytorch_model.safetensors")).unwrap();
+        std::fs::write(dst.join("config.json"), edit(std::fs::read_to_string(fixture("kl").join("config.json")).unwrap())).unwrap();
+        dst
+    };
+    let import = |p: &PathBuf| format!("{:#}", msdiff::autoencoder::diffusers::import(p, Device::Cpu).err().expect("must be refused"));
+    let e = import(&copy("block", &|c| c.replacen("\"UpDecoderBlock2D\"", "\"UpBlock2D\"", 1)));
+    assert!(e.contains("up block type 'UpBlock2D' is not supported") && !e.contains('\n'), "{e}");
+    // latent_channels 4 -> 5: the encoder's conv_out no longer fits; the error names it and both shapes.
+    let e = import(&copy("shape", &|c| c.replace("\"latent_channels\": 4", "\"latent_channels\": 5")));
+    assert!(e.contains("has shape [") && e.contains("makes it [") && !e.contains('\n'), "{e}");
+    assert!(e.contains("conv") || e.contains("quant"), "{e}");
+    let e = import(&copy("class", &|c| c.replace("AutoencoderKL", "UNet2DModel")));
+    assert!(e.contains("'UNet2DModel' is not supported"), "{e}");
+    let e = import(&d.join("nothing"));
+    assert!(e.contains("no such folder"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -8,12 +8,14 @@
 //! | [`bottleneck`] | the diagonal Gaussian posterior (KL) and the vector quantiser (VQ) |
 //! | [`net`] | [`Encoder`], [`Decoder`], [`Autoencoder`] under LDM's variable names |
 //! | [`model`] | [`AutoencoderModel`]: a network with its VarStore, the autoencoder folder, batched encode / decode |
+//! | [`diffusers`] | import of diffusers `AutoencoderKL` / `VQModel` folders (config keys, weight names, `scaling_factor`) |
 //!
 //! Images are `[N, C, H, W]` in [-1, 1] with H and W multiples of the downsampling factor
 //! `f = 2^(levels - 1)`; latents are `[N, embed_dim, H/f, W/f]`.
 pub mod blocks;
 pub mod bottleneck;
 pub mod config;
+pub mod diffusers;
 pub mod model;
 pub mod net;
 

@@ -1,6 +1,7 @@
 //! The `msdiff` command line. Each subcommand lives in its own file; shared argument groups in
 //! [`args`]. Errors print one line (`msdiff: error: ...`) and exit with code 2.
 pub mod args;
+mod autoencoder;
 mod bench;
 mod cluster;
 mod demo;
@@ -50,6 +51,8 @@ pub enum Command {
     ValLoss(val_loss::ValLossArgs),
     /// Benchmarks (optimal denoiser, training step, sampling throughput); see docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Autoencoders for latent diffusion (KL / VQ): info, import from diffusers, encode, decode, train; see docs/LATENT.md.
+    Autoencoder(autoencoder::AutoencoderArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fid(a) => fid::run(&cli.global, a),
         Command::Eval(a) => fid::run_eval(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
+        Command::Autoencoder(a) => autoencoder::run(&cli.global, a),
         Command::ValLoss(a) => val_loss::run(&cli.global, a),
     }
 }
