@@ -221,3 +221,79 @@ fn diffusers_folders_of_unsupported_layouts_are_one_line_errors() {
     assert!(e.contains("no such folder"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+fn msdiff(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_msdiff")).args(["--quiet", "--threads", "1", "--device", "cpu"]).args(args).output().expect("run msdiff")
+}
+
+/// Exit code 2 and one `msdiff: error:` line containing `needle`.
+fn assert_user_error(o: &std::process::Output, needle: &str) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {e}");
+    assert!(lines[0].starts_with("msdiff: error:") && lines[0].contains(needle), "{:?} does not mention {needle:?}", lines[0]);
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn cli_encode_decode_and_latent_caches() {
+    let d = tmp("cli");
+    let s = |p: &PathBuf| p.display().to_string();
+    let m = AutoencoderModel::new(&AutoencoderConfig::preset("tiny-kl").unwrap(), 5, Device::Cpu, "test").unwrap();
+    m.save(&d.join("ae")).unwrap();
+    // A folder of 12x20 grey PNGs (any size that the factor 2 divides).
+    let imgs = d.join("imgs");
+    let x = msdiff::rng::Rng::new(9).randn(&[3, 1, 12, 20], Kind::Float).clamp(-1.0, 1.0);
+    for i in 0..3 {
+        msdiff::io::write_png(&imgs.join(format!("{i}.png")), &x.get(i)).unwrap();
+    }
+    let ds = msdiff::data::load(&s(&imgs), &Default::default()).unwrap();
+    ok(msdiff(&["autoencoder", "encode", "--model", &s(&d.join("ae")), "--images", &s(&imgs), "--out", &s(&d.join("z.npy"))]));
+    let z = msdiff::io::read_npy(&d.join("z.npy")).unwrap();
+    // (The binary runs one thread, this process more: equal up to float summation order.)
+    let close = |a: &Tensor, b: &Tensor| {
+        let e = rel_err(a, b);
+        e < 1e-5 || panic!("relative error {e:.2e}")
+    };
+    assert!(close(&z, &m.encode(&ds.images, EncodeMode::Mean, false, &[0, 1, 2], 16, |_| {}).unwrap()));
+    // KL samples: image i is seeded by --seed + i, whatever the batch size.
+    ok(msdiff(&["autoencoder", "encode", "--model", &s(&d.join("ae")), "--images", &s(&imgs), "--out", &s(&d.join("s.npy")), "--mode", "sample", "--seed", "4", "--batch", "2"]));
+    let zs = msdiff::io::read_npy(&d.join("s.npy")).unwrap();
+    assert!(close(&zs, &m.encode(&ds.images, EncodeMode::Sample, false, &[4, 5, 6], 3, |_| {}).unwrap()));
+    // The latent cache: statistics, scale 1/std (no scaling_factor), readable as a dataset.
+    let out = ok(msdiff(&["autoencoder", "encode", "--model", &s(&d.join("ae")), "--images", &s(&imgs), "--out", &s(&d.join("c.safetensors"))]));
+    assert!(out.contains("1/std"), "{out}");
+    let c = msdiff::data::latents::LatentCache::load(&d.join("c.safetensors")).unwrap();
+    assert!(c.latents.equal(&z));
+    let std = z.to_kind(Kind::Double).std(false).double_value(&[]);
+    assert!((c.info.scale_factor - 1.0 / std).abs() < 1e-9 * c.info.scale_factor, "{} vs {}", c.info.scale_factor, 1.0 / std);
+    assert_eq!(c.info.autoencoder.fingerprint, m.fingerprint());
+    let lat = msdiff::data::load(&format!("latents:{}", s(&d.join("c.safetensors"))), &Default::default()).unwrap();
+    assert_eq!(lat.shape(), [3, 2, 6, 10]);
+    assert!((lat.images.to_kind(Kind::Double).std(false).double_value(&[]) - 1.0).abs() < 1e-5, "the scaled latents have unit std");
+    // Decoding the cache gives the library's decode of the same latents, clamped.
+    ok(msdiff(&["autoencoder", "decode", "--model", &s(&d.join("ae")), "--latents", &s(&d.join("c.safetensors")), "--out", &s(&d.join("x.npy")), "--grid", &s(&d.join("g.png"))]));
+    let y = msdiff::io::read_npy(&d.join("x.npy")).unwrap();
+    assert!(close(&y, &m.decode(&z, false, 16, |_| {}).unwrap().clamp(-1.0, 1.0)));
+    assert!(d.join("g.png").is_file());
+    // Another autoencoder refuses the cache (its record names the fingerprints).
+    AutoencoderModel::new(&AutoencoderConfig::preset("tiny-kl").unwrap(), 6, Device::Cpu, "other").unwrap().save(&d.join("other")).unwrap();
+    let o = msdiff(&["autoencoder", "decode", "--model", &s(&d.join("other")), "--latents", &s(&d.join("c.safetensors")), "--out", &s(&d.join("y.npy"))]);
+    assert_user_error(&o, "re-encode");
+    assert!(!d.join("y.npy").exists());
+    // An image size the factor does not divide, a missing model, a model of another layout.
+    let odd = d.join("odd");
+    msdiff::io::write_png(&odd.join("0.png"), &x.get(0).narrow(1, 0, 11)).unwrap();
+    assert_user_error(&msdiff(&["autoencoder", "encode", "--model", &s(&d.join("ae")), "--images", &s(&odd), "--out", &s(&d.join("o.npy"))]), "multiples of 2");
+    assert_user_error(&msdiff(&["autoencoder", "encode", "--model", &s(&d.join("nope")), "--images", &s(&imgs), "--out", &s(&d.join("o.npy"))]), "does not exist");
+    assert_user_error(&msdiff(&["autoencoder", "encode", "--model", &s(&imgs), "--images", &s(&imgs), "--out", &s(&d.join("o.npy"))]), "not an msdiff autoencoder");
+    assert_user_error(&msdiff(&["autoencoder", "encode", "--model", &s(&d.join("ae")), "--images", &s(&imgs), "--out", &s(&d.join("o.npy")), "--quantize"]), "VQ");
+    assert_user_error(&msdiff(&["autoencoder", "decode", "--model", &s(&d.join("ae")), "--latents", &s(&d.join("z.npy")), "--out", &s(&d.join("o.npy")), "--no-quantize"]), "VQ");
+    assert!(!d.join("o.npy").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

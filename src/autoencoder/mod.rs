@@ -8,6 +8,7 @@
 //! | [`bottleneck`] | the diagonal Gaussian posterior (KL) and the vector quantiser (VQ) |
 //! | [`net`] | [`Encoder`], [`Decoder`], [`Autoencoder`] under LDM's variable names |
 //! | [`model`] | [`AutoencoderModel`]: a network with its VarStore, the autoencoder folder, batched encode / decode |
+//! | [`eval`] | reconstructions, PSNR, rFID; a dataset's latent cache ([`crate::data::latents`]) |
 //! | [`diffusers`] | import of diffusers `AutoencoderKL` / `VQModel` folders (config keys, weight names, `scaling_factor`) |
 //!
 //! Images are `[N, C, H, W]` in [-1, 1] with H and W multiples of the downsampling factor
@@ -16,6 +17,7 @@ pub mod blocks;
 pub mod bottleneck;
 pub mod config;
 pub mod diffusers;
+pub mod eval;
 pub mod model;
 pub mod net;
 

@@ -13,6 +13,7 @@
 //! | `cifar10:DIR` (`:test` / `:train` suffix) | CIFAR-10 binary batches in `DIR` or `DIR/cifar-10-batches-bin` |
 //! | `folder:DIR` | the PNG/JPEG files in `DIR` (see [`folder`]) |
 //! | `npy:FILE` | an `[N, C, H, W]` or `[N, H, W]` array in `[-1, 1]` (or `uint8` in `[0, 255]`) |
+//! | `latents:FILE` | a [`latents`] cache of autoencoder latents, scaled by its scale factor |
 //! | a bare path | detected: a folder with IDX, CIFAR or image files, a `.npy` file or an IDX file |
 //!
 //! The split comes from the suffix if present, else from [`LoadOptions::split`]; `limit` keeps
@@ -21,6 +22,7 @@ pub mod assets;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod latents;
 pub mod order;
 pub mod procedural;
 
@@ -206,6 +208,10 @@ fn split_suffix(rest: &str, default: Split) -> (&str, Split) {
 
 /// Loads a dataset from a spec (see the module docs).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
+    // Autoencoder latents (any channel count, not in [-1, 1]): see `latents`.
+    if let Some(path) = spec.strip_prefix("latents:") {
+        return latents::load_dataset(Path::new(path), opts.limit).flat_context(|| format!("cannot load dataset '{spec}'"));
+    }
     let ds = load_inner(spec, opts).flat_context(|| format!("cannot load dataset '{spec}'"))?;
     if ds.is_empty() {
         bail!("cannot load dataset '{spec}': it has no images (check the path, and that --data-limit / limit is not 0)");
