@@ -23,6 +23,8 @@
 //! | [`cli`] | the `msdiff` command line |
 
 pub mod autoencoder;
+mod names;
+
 pub mod cli;
 pub mod cluster;
 pub mod data;

@@ -60,18 +60,21 @@ fn cuda(n: usize) -> Result<Device> {
     Ok(Device::Cuda(n))
 }
 
-/// Numeric precision of a network's forward and backward passes.
-///
-/// `bf16`: the network's weights and activations are bfloat16; training keeps fp32 master weights,
-/// fp32 Adam moments and an fp32 EMA, and computes the loss in fp32 (tch has no autocast, so this is
-/// the whole-network form of it). Checkpoints always hold fp32 weights, so fp32 and bf16 runs and
-/// checkpoints are interchangeable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Bf16,
+crate::names::named_enum! {
+    /// Numeric precision of a network's forward and backward passes.
+    ///
+    /// `bf16`: the network's weights and activations are bfloat16; training keeps fp32 master weights,
+    /// fp32 Adam moments and an fp32 EMA, and computes the loss in fp32 (tch has no autocast, so this is
+    /// the whole-network form of it). Checkpoints always hold fp32 weights, so fp32 and bf16 runs and
+    /// checkpoints are interchangeable.
+    #[derive(Default)]
+    pub enum Precision ("precision") {
+        /// 32-bit floats everywhere (the default).
+        #[default]
+        Fp32 = "fp32" | "f32" | "float32",
+        /// bfloat16 network weights and activations.
+        Bf16 = "bf16" | "bfloat16",
+    }
 }
 
 impl Precision {
@@ -81,26 +84,6 @@ impl Precision {
             Precision::Fp32 => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
         }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            _ => bail!("unknown precision '{s}' (expected fp32 or bf16)"),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        })
     }
 }
 

@@ -135,7 +135,7 @@ fn cluster_writes_a_split_and_refuses_bad_options() {
         (vec!["--stages", "999999999"], "between 2 and 64"),
         (vec!["--method", "snr", "--grid", "999999999999"], "--grid must be at most"),
         (vec!["--samples", "10"], "too few"),
-        (vec!["--method", "kmeans"], "unknown clustering method"),
+        (vec!["--method", "kmeans"], "invalid value 'kmeans' for '--method <METHOD>' [possible values: optimal, uniform, snr]"),
     ] {
         let mut a = vec!["cluster", "--data-limit", "100", "--out", "/dev/null/never"];
         a.extend(args);

@@ -27,8 +27,8 @@ pub struct BenchArgs {
     pub repeats: usize,
     /// Network precision of `bench train` and `bench sample`: fp32 or bf16 (bf16 network, fp32 masters
     /// and Adam). `bench optimal` is f32 only.
-    #[arg(long, global = true, default_value = "fp32")]
-    pub precision: String,
+    #[arg(long, global = true, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,7 +68,7 @@ pub enum What {
 
 pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     let device = g.device()?;
-    let precision: Precision = a.precision.parse()?;
+    let precision = a.precision;
     ensure!(a.repeats >= 1, "--repeats must be at least 1");
     if let What::Train { batch, .. } | What::Sample { batch, .. } = a.what {
         ensure!(batch >= 1, "--batch must be at least 1");

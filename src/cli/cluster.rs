@@ -23,9 +23,9 @@ pub struct ClusterArgs {
     /// Number of stages (2 to 64, `cluster::MAX_STAGES`).
     #[arg(long, default_value_t = 3)]
     pub stages: usize,
-    /// optimal (Algorithm 1), uniform (equal t intervals) or snr (log-SNR dynamic programme).
-    #[arg(long, default_value = "optimal")]
-    pub method: String,
+    /// How the cuts are chosen.
+    #[arg(long, value_enum, default_value_t = Method::Optimal)]
+    pub method: Method,
     /// Algorithm 1 threshold alpha in (0, 1] (not published; see docs/CLUSTERING.md).
     #[arg(long, default_value_t = 0.9)]
     pub alpha: f64,
@@ -38,9 +38,9 @@ pub struct ClusterArgs {
     /// Seed of the Monte-Carlo draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Data scale seen by the denoiser: unit ([0,1], official) or symmetric ([-1,1]).
-    #[arg(long, default_value = "unit")]
-    pub scale: String,
+    /// Data scale seen by the denoiser (Algorithm 1).
+    #[arg(long, value_enum, default_value_t = DataScale::Unit)]
+    pub scale: DataScale,
     /// Smallest t drawn (official 1e-3).
     #[arg(long, default_value_t = 1e-3)]
     pub t_min: f64,
@@ -56,7 +56,7 @@ pub struct ClusterArgs {
 }
 
 pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
-    let method: Method = a.method.parse()?;
+    let method = a.method;
     // The SNR programme is quadratic in its grid.
     ensure!(a.grid <= 100_000, "--grid must be at most 100000 (the programme is quadratic in it), got {}", a.grid);
     let vp = ProcessConfig::default();
@@ -75,7 +75,7 @@ pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
                 eta: parse_number(&a.eta)?,
                 samples: a.samples,
                 seed: a.seed,
-                scale: a.scale.parse::<DataScale>()?,
+                scale: a.scale,
                 t_min: a.t_min,
             };
             opts.validate(a.stages)?;

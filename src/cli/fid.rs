@@ -170,8 +170,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub raw: bool,
     /// Network precision: fp32 or bf16 (bf16 weights and activations; noise, solver and output in f32).
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = crate::runtime::Precision::Fp32)]
+    pub precision: crate::runtime::Precision,
     /// Append the result as a JSON line to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -197,7 +197,7 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         Some(s) => parse_seeds(s)?,
         None => first_n_seeds(a.n)?,
     };
-    let precision = a.precision.parse()?;
+    let precision = a.precision;
     // Opened now, so that an unusable --log fails before the sampling and the FID, not after.
     let mut log = match &a.log {
         Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the log {}", p.display()))?),

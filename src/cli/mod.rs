@@ -57,7 +57,10 @@ pub enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     crate::runtime::set_threads(cli.global.threads);
     // libtorch reports out-of-memory from infallible tch calls as a panic, which the trainer turns
     // into a one-line error; the default hook would first print the whole C++ trace. Other panics
@@ -88,6 +91,24 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `--help` / `--version` print as clap renders them; a usage error (unknown flag, invalid value)
+/// becomes one `msdiff: error:` line with exit code 2, like every other error, keeping clap's
+/// list of possible values.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit()
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect();
+    eprintln!("msdiff: error: {} (see --help)", parts.join(" ").trim_start_matches("error: "));
+    2
 }
 
 /// What to do when a command other than training runs out of memory.

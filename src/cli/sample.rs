@@ -2,7 +2,7 @@
 use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
-use crate::process::{Process, ProcessConfig};
+use crate::process::Process;
 use crate::model::Loaded;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -20,9 +20,9 @@ pub struct SampleArgs {
     /// Use at most this many images of --data.
     #[arg(long)]
     pub data_limit: Option<usize>,
-    /// Noise process for --model optimal: vp, ddpm-linear, ddpm-scaled-linear, ddpm-cosine, edm.
-    #[arg(long, default_value = "vp")]
-    pub process: String,
+    /// Noise process for --model optimal (with its default settings).
+    #[arg(long, value_enum, default_value_t = crate::process::ProcessName::Vp)]
+    pub process: crate::process::ProcessName,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Per-image seeds, e.g. 0-63 or 1,5,9 (image i uses its own noise stream).
@@ -41,8 +41,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub raw: bool,
     /// Network precision: fp32 or bf16 (bf16 weights and activations; noise, solver and output in f32).
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = crate::runtime::Precision::Fp32)]
+    pub precision: crate::runtime::Precision,
     /// Output folder: samples.npy (clipped to [-1, 1], what the PNGs show; fid stats/calc read it), raw.npy
     /// (the solver's unclipped output), grid.png, images/NNNNNN.png.
     #[arg(long, default_value = "samples")]
@@ -74,10 +74,10 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     let source = if a.model == "optimal" {
         let ds = data::load(&a.data, &LoadOptions { limit: a.data_limit, ..Default::default() })?;
         eprintln!("msdiff: optimal denoiser of '{}' ({} images of {:?})", a.data, ds.len(), ds.image_shape());
-        let process = ProcessConfig::from_name(&a.process)?.build()?;
+        let process = a.process.config().build()?;
         Source::Optimal(OptimalDenoiser::new(&ds.images, device)?, ds.images.shallow_clone(), process)
     } else {
-        let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?.with_precision(a.precision.parse()?);
+        let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?.with_precision(a.precision);
         eprintln!(
             "msdiff: checkpoint at step {} ({} weights, {} stage(s))",
             l.step,

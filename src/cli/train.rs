@@ -32,8 +32,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Override train.precision: fp32 or bf16 (a run may resume in either; checkpoints hold fp32).
-    #[arg(long)]
-    pub precision: Option<String>,
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::runtime::Precision>,
     /// Do not write sample grids.
     #[arg(long)]
     pub no_samples: bool,
@@ -99,8 +99,8 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     if let Some(s) = a.seed {
         cfg.train.seed = s;
     }
-    if let Some(p) = &a.precision {
-        cfg.train.precision = p.parse()?;
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
     }
     if cfg.train.steps == 0 || cfg.train.batch == 0 {
         bail!("train.steps and train.batch must be > 0");

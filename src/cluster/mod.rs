@@ -13,28 +13,19 @@ pub mod optimal;
 pub mod report;
 pub mod snr;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// How the cuts are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Optimal,
-    Uniform,
-    Snr,
-}
-
-impl std::str::FromStr for Method {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "optimal" => Method::Optimal,
-            "uniform" => Method::Uniform,
-            "snr" => Method::Snr,
-            o => bail!("unknown clustering method '{o}' (expected optimal, uniform or snr)"),
-        })
+crate::names::named_enum! {
+    /// How the cuts are chosen.
+    pub enum Method ("clustering method") {
+        /// Algorithm 1: agreement of the optimal denoiser with its two limit forms.
+        Optimal = "optimal",
+        /// Equal intervals of t.
+        Uniform = "uniform",
+        /// The log-SNR dynamic programme.
+        Snr = "snr",
     }
 }
 

@@ -20,24 +20,13 @@ use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// The data scale the denoiser sees. The official code used [0, 1] with eta = 2/255.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataScale {
-    /// [0, 1] (official).
-    Unit,
-    /// [-1, 1] (the training scale).
-    Symmetric,
-}
-
-impl std::str::FromStr for DataScale {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "unit" | "0,1" | "[0,1]" => DataScale::Unit,
-            "symmetric" | "-1,1" | "[-1,1]" => DataScale::Symmetric,
-            o => bail!("unknown data scale '{o}' (expected unit for [0,1] or symmetric for [-1,1])"),
-        })
+crate::names::named_enum! {
+    /// The data scale the denoiser sees. The official code used [0, 1] with eta = 2/255.
+    pub enum DataScale ("data scale") {
+        /// [0, 1] (official).
+        Unit = "unit" | "0,1" | "[0,1]",
+        /// [-1, 1] (the training scale).
+        Symmetric = "symmetric" | "-1,1" | "[-1,1]",
     }
 }
 

@@ -68,18 +68,36 @@ impl ProcessConfig {
 
     /// Parse the short CLI names `vp`, `ddpm-linear`, `ddpm-scaled-linear`, `ddpm-cosine`, `edm`.
     pub fn from_name(name: &str) -> Result<Self> {
-        Ok(match name {
-            "vp" => ProcessConfig::default(),
-            "ddpm" | "ddpm-linear" => ProcessConfig::Ddpm { schedule: BetaSchedule::default(), steps: 1000 },
-            "ddpm-scaled-linear" => {
-                ProcessConfig::Ddpm { schedule: BetaSchedule::scaled_linear_ldm(), steps: 1000 }
-            }
-            "ddpm-cosine" => ProcessConfig::Ddpm { schedule: BetaSchedule::cosine(), steps: 1000 },
-            "edm" => ProcessConfig::Edm { sigma_min: edm::default_sigma_min(), sigma_max: edm::default_sigma_max() },
-            other => bail!(
-                "unknown noise process '{other}' (expected vp, ddpm-linear, ddpm-scaled-linear, ddpm-cosine or edm)"
-            ),
-        })
+        Ok(name.parse::<ProcessName>()?.config())
+    }
+}
+
+crate::names::named_enum! {
+    /// The named noise processes (their default settings), as the CLI takes them.
+    pub enum ProcessName ("noise process") {
+        /// VP-SDE, beta 0.1..20.
+        Vp = "vp",
+        /// 1000-step DDPM, linear betas 1e-4..0.02.
+        DdpmLinear = "ddpm-linear" | "ddpm",
+        /// 1000-step DDPM, LDM's scaled-linear betas 0.0015..0.0195.
+        DdpmScaledLinear = "ddpm-scaled-linear",
+        /// 1000-step DDPM, the cosine schedule.
+        DdpmCosine = "ddpm-cosine",
+        /// EDM, sigma 0.002..80.
+        Edm = "edm",
+    }
+}
+
+impl ProcessName {
+    /// The process with its default settings.
+    pub fn config(self) -> ProcessConfig {
+        match self {
+            ProcessName::Vp => ProcessConfig::default(),
+            ProcessName::DdpmLinear => ProcessConfig::Ddpm { schedule: BetaSchedule::default(), steps: 1000 },
+            ProcessName::DdpmScaledLinear => ProcessConfig::Ddpm { schedule: BetaSchedule::scaled_linear_ldm(), steps: 1000 },
+            ProcessName::DdpmCosine => ProcessConfig::Ddpm { schedule: BetaSchedule::cosine(), steps: 1000 },
+            ProcessName::Edm => ProcessConfig::Edm { sigma_min: edm::default_sigma_min(), sigma_max: edm::default_sigma_max() },
+        }
     }
 }
 

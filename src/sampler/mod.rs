@@ -40,70 +40,9 @@ use crate::process::Process;
 use crate::rng::SampleStreams;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
-use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
-/// Declares a fieldless enum in which each variant's name is written once and serves the CLI
-/// (`clap::ValueEnum`, so `--help` lists the choices), configuration files and checkpoints (serde),
-/// `Display` and `FromStr`. `$what` names the kind of value in parse errors.
-macro_rules! named_enum {
-    (
-        $(#[$meta:meta])*
-        $vis:vis enum $ty:ident ($what:literal) {
-            $($(#[$vmeta:meta])* $variant:ident = $name:literal,)+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
-        $vis enum $ty {
-            $($(#[$vmeta])* #[value(name = $name)] $variant,)+
-        }
-
-        impl $ty {
-            /// Every variant, in declaration order.
-            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
-            /// Every name, in declaration order.
-            pub const NAMES: [&'static str; [$($name),+].len()] = [$($name),+];
-
-            /// The CLI/configuration name.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = anyhow::Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match $ty::ALL.iter().find(|k| k.name() == s) {
-                    Some(k) => Ok(*k),
-                    None => bail!("unknown {} '{s}' (expected one of: {})", $what, $ty::NAMES.join(", ")),
-                }
-            }
-        }
-
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(self.name())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(|_| serde::de::Error::unknown_variant(&s, &$ty::NAMES))
-            }
-        }
-    };
-}
+use crate::names::named_enum;
 
 named_enum! {
     /// Which sampler.

@@ -9,13 +9,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimizerKind {
-    Adam,
-    /// Written `adamw` (the older spelling `adam_w` is still read).
-    #[serde(rename = "adamw", alias = "adam_w")]
-    AdamW,
+crate::names::named_enum! {
+    /// Which optimiser.
+    pub enum OptimizerKind ("optimizer") {
+        /// Adam (Kingma & Ba 2015); weight decay as an L2 penalty.
+        Adam = "adam",
+        /// AdamW (Loshchilov & Hutter 2019): decoupled weight decay (`adam_w`, the older
+        /// spelling, is still read).
+        AdamW = "adamw" | "adam_w",
+    }
 }
 
 /// Optimiser settings. Defaults: the paper's CIFAR-10 VP recipe (Adam, lr 2e-4, 5000 warm-up
@@ -32,8 +34,28 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0 = none).
     pub warmup_steps: u64,
+    /// EDM's learning-rate ramp-up, measured in training images (0 = none; EDM: 10 M):
+    /// lr x min(images seen before the step / warmup_images, 1), so the first step runs at lr 0
+    /// (Adam's moments still advance), as EDM's training loop. Excludes `warmup_steps`.
+    #[serde(default)]
+    pub warmup_images: f64,
     /// Clip the global gradient norm to this value (0 = no clipping).
     pub grad_clip: f64,
+    /// What the gradient is taken of: `mean` (default), the per-pixel mean squared error averaged
+    /// over the batch (the loss msdiff logs), or `sum`, its sum over the pixels of each image
+    /// averaged over the batch, as EDM's training loop (`loss.sum() / batch`). The two differ by
+    /// the constant C x H x W, which for Adam without clipping only rescales `eps`.
+    #[serde(default)]
+    pub loss_reduction: LossReduction,
+}
+
+/// See [`OptimConfig::loss_reduction`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossReduction {
+    #[default]
+    Mean,
+    Sum,
 }
 
 impl Default for OptimConfig {
@@ -46,7 +68,9 @@ impl Default for OptimConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             warmup_steps: 5000,
+            warmup_images: 0.0,
             grad_clip: 1.0,
+            loss_reduction: LossReduction::Mean,
         }
     }
 }
@@ -58,7 +82,23 @@ impl OptimConfig {
         ensure!(self.eps > 0.0, "optim.eps must be > 0");
         ensure!(self.weight_decay >= 0.0, "optim.weight_decay must be >= 0");
         ensure!(self.grad_clip >= 0.0, "optim.grad_clip must be >= 0 (0 disables clipping)");
+        ensure!(self.warmup_images >= 0.0 && self.warmup_images.is_finite(), "optim.warmup_images must be >= 0, got {}", self.warmup_images);
+        ensure!(
+            self.warmup_images == 0.0 || self.warmup_steps == 0,
+            "set one of optim.warmup_steps and optim.warmup_images (the other to 0)"
+        );
         Ok(())
+    }
+
+    /// Learning rate at (1-based) step `step` of a run with `batch` images per step: the
+    /// step ramp ([`OptimConfig::lr_at`]) or EDM's image ramp, lr x min((step - 1) batch / warmup_images, 1).
+    pub fn lr_for(&self, step: u64, batch: usize) -> f64 {
+        if self.warmup_images > 0.0 {
+            let seen = step.saturating_sub(1) as f64 * batch as f64;
+            self.lr * (seen / self.warmup_images).min(1.0)
+        } else {
+            self.lr_at(step)
+        }
     }
 
     /// Learning rate at (1-based) step `step`.
@@ -185,6 +225,10 @@ impl Adam {
             // p.addcdiv_(m, d) with d = (sqrt(v) / sqrt(bc2) + eps) * (-bc1 / lr).
             let _ = m.lerp_(&g, 1.0 - c.beta1);
             let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
+            if lr == 0.0 {
+                // EDM's first step (lr ramp at 0 images): the moments advance, the weights do not.
+                continue;
+            }
             let mut d = v.sqrt();
             let _ = d.g_mul_scalar_(1.0 / bc2.sqrt()).g_add_scalar_(c.eps).g_mul_scalar_(-bc1 / lr);
             let _ = p.addcdiv_(&*m, &d);
