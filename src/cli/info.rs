@@ -1,7 +1,13 @@
 //! `msdiff info`: parameters and GFLOPs per stage.
 use super::args::Global;
 use crate::cluster::Split;
-use crate::nn::UNetConfig;
+use crate::nn::{Family, UNetConfig};
+use crate::objective::{ObjectiveConfig, StagePolicy, StageSampler};
+use crate::process::ProcessConfig;
+use crate::train::config::Compute;
+
+/// The official EDM code's cuts (sigma 2.5103 and 7.6577) in VP time (docs/METHOD.md §1.5).
+const EDM_CUTS_T: [f64; 2] = [0.442, 0.636];
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -24,16 +30,22 @@ pub struct InfoArgs {
 }
 
 pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
+    let mut resolved = None;
     let (cfg, split_t) = if let Some(p) = &a.config {
         let tc = crate::train::TrainConfig::load(p)?;
         // Without loading the dataset: the shape the [model] table (or its preset) declares.
         let base = p.parent().unwrap_or(std::path::Path::new("."));
-        let resolved = tc.resolve(base, crate::train::config::declared_shape(&tc.model)?)?;
-        let t = resolved.split.as_ref().map(|s| s.boundaries_t.clone());
-        (resolved.model, t)
+        let r = tc.resolve(base, crate::train::config::declared_shape(&tc.model)?)?;
+        let t = r.split.as_ref().map(|s| s.boundaries_t.clone());
+        let model = r.model.clone();
+        resolved = Some(r);
+        (model, t)
     } else {
         let name = a.preset.as_deref().unwrap_or("small-multistage");
-        (UNetConfig::preset(name)?, None)
+        let cfg = UNetConfig::preset(name)?;
+        // EDM's networks default to the official EDM cuts (sigma 2.5103, 7.6577).
+        let t = (cfg.family == Family::Ddpmpp && cfg.num_stages() == 3 && a.split.is_none()).then(|| EDM_CUTS_T.to_vec());
+        (cfg, t)
     };
     let cuts = match (&a.split, split_t) {
         (Some(p), _) => {
@@ -51,10 +63,27 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
         (None, None) => crate::cluster::uniform_cuts(cfg.num_stages().max(2))?.into_iter().take(cfg.num_stages().saturating_sub(1)).collect(),
     };
     let report = crate::nn::report::report(&cfg, &cuts).context("cannot compute the model report")?;
+    // What a training image costs under the run's stage policy (a config), or under EDM's
+    // policy for an EDM preset (docs/EDM.md §5).
+    let compute = match &resolved {
+        Some(r) if a.split.is_none() => Some(r.compute()?),
+        Some(_) => None,
+        None if cfg.family == Family::Ddpmpp => {
+            let objective = ObjectiveConfig { policy: StagePolicy::Edm, ..Default::default() };
+            let edm = ProcessConfig::from_name("edm")?;
+            let sigmas: Vec<f64> = cuts.iter().map(|&t| ProcessConfig::default().build().map(|p| p.sigma(t))).collect::<Result<_>>()?;
+            let stages = StageSampler::new(&edm.build()?, &objective, &sigmas)?;
+            Some(Compute::new(StagePolicy::Edm, &report, stages.weights.clone()))
+        }
+        None => None,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+        if let Some(c) = compute {
+            println!("{c}");
+        }
     }
     Ok(0)
 }

@@ -5,7 +5,8 @@
 //! Within a stage, t follows the base distribution restricted to the stage.
 //!
 //! Stage policies (docs/METHOD.md §5): `mixed` (default) draws a stage per sample, `single` one stage per
-//! batch (as the authors' code). Stage weights: `uniform` (1/K, the DPM-Solver code base),
+//! batch (as the authors' code), `edm` one stage per batch picked by one draw of the base law (the
+//! authors' EDM code; docs/EDM.md). Stage weights: `uniform` (1/K, the DPM-Solver code base),
 //! `length` (interval length in the process time: t for VP/DDPM, ln sigma within
 //! [sigma_min, sigma_max] for EDM) or `mass` (the base distribution's mass: the EDM code base).
 //! With `mixed` + `mass` the per-sample (stage, t) law is exactly the unrestricted base law.
@@ -19,6 +20,12 @@ use serde::{Deserialize, Serialize};
 pub enum StagePolicy {
     Mixed,
     Single,
+    /// EDM's multi-stage recipe (the authors' `EDMMultistageLoss`): one draw from the base law
+    /// (for EDM one sigma from the log-normal) picks the batch's stage, then every sample of the
+    /// batch is drawn from the base law restricted to that stage. Stage frequencies are
+    /// therefore the base law's mass (96.1 / 3.5 / 0.35 % at the paper's EDM cuts), whatever
+    /// `weights` says.
+    Edm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,10 +114,10 @@ impl StageSampler {
                 );
             }
         }
-        let raw = match cfg.weights {
-            StageWeights::Uniform => vec![1.0; k],
-            StageWeights::Length => lengths,
-            StageWeights::Mass => masses,
+        let raw = match (cfg.policy, cfg.weights) {
+            (StagePolicy::Edm, _) | (_, StageWeights::Mass) => masses,
+            (_, StageWeights::Uniform) => vec![1.0; k],
+            (_, StageWeights::Length) => lengths,
         };
         let total: f64 = raw.iter().sum();
         s.weights = raw.iter().map(|w| w / total).collect();
@@ -211,10 +218,25 @@ impl StageSampler {
         }
     }
 
+    /// The stage of one draw from the unrestricted base law (EDM's policy picks the batch's stage
+    /// so): VP t ~ U[t_min, 1], DDPM a uniform step, EDM ln sigma ~ N(P_mean, P_std^2).
+    fn base_draw_stage(&self, rng: &mut Rng) -> usize {
+        let sigma = match &self.process {
+            Process::Vp(_) => self.process.sigma(rng.uniform_range(self.cfg.t_min, 1.0)),
+            Process::Ddpm(p) => self.process.sigma((rng.below(p.steps() as u64) + 1) as f64 / p.steps() as f64),
+            Process::Edm(_) => (self.cfg.p_mean + self.cfg.p_std * rng.normal()).exp(),
+        };
+        self.sigma_bounds.iter().position(|&(lo, hi)| sigma >= lo && sigma < hi).unwrap_or(self.sigma_bounds.len() - 1)
+    }
+
     /// Draw stage, t and sigma for `batch` samples.
     pub fn draw(&self, batch: usize, rng: &mut Rng) -> Result<Draws> {
         let mut d = Draws::default();
-        let single = (self.cfg.policy == StagePolicy::Single).then(|| self.pick_stage(rng));
+        let single = match self.cfg.policy {
+            StagePolicy::Mixed => None,
+            StagePolicy::Single => Some(self.pick_stage(rng)),
+            StagePolicy::Edm => Some(self.base_draw_stage(rng)),
+        };
         for _ in 0..batch {
             let j = single.unwrap_or_else(|| self.pick_stage(rng));
             let t = self.draw_t(j, rng)?;

@@ -13,9 +13,11 @@
 //! [objective]       # stage policy and weights, t_min, EDM's P_mean/P_std
 //! [stages]          # split = "split.json" | boundaries_t = [..] | method = "uniform" | "snr"
 //! [optim]           # Adam/AdamW, lr, warm-up, clipping
-//! [ema]             # decay or half_life_images
+//! [ema]             # decay or half_life_images (+ EDM's rampup_ratio)
+//! [augment]         # EDM's augmentation: p = 0.12 (EDM's CIFAR-10 recipe), off by default
 //! [train]           # batch, steps, seed, checkpoints, logging, periodic samples
 //! ```
+use super::augment::AugmentConfig;
 use super::ema::EmaConfig;
 use super::optim::OptimConfig;
 use crate::cluster::{self, Method, Split};
@@ -119,6 +121,7 @@ pub struct TrainConfig {
     pub stages: StagesConfig,
     pub optim: OptimConfig,
     pub ema: EmaConfig,
+    pub augment: AugmentConfig,
     pub train: LoopConfig,
 }
 
@@ -135,6 +138,9 @@ pub struct ResolvedConfig {
     pub split: Option<Split>,
     pub optim: OptimConfig,
     pub ema: EmaConfig,
+    /// EDM's augmentation (absent in configurations written before it existed: off).
+    #[serde(default)]
+    pub augment: AugmentConfig,
     pub train: LoopConfig,
 }
 
@@ -180,6 +186,7 @@ impl TrainConfig {
             split,
             optim: self.optim.clone(),
             ema: self.ema.clone(),
+            augment: self.augment.clone(),
             train,
         };
         r.validate()?;
@@ -198,6 +205,16 @@ impl ResolvedConfig {
         }
         self.optim.validate()?;
         self.ema.validate()?;
+        self.augment.validate()?;
+        if self.augment.enabled() {
+            ensure!(
+                self.model.augment_dim == self.augment.label_dim(),
+                "[augment] produces {} labels but the network takes {} (model.augment_dim); EDM's network (family = \"ddpmpp\") with augment_dim = {} takes them",
+                self.augment.label_dim(),
+                self.model.augment_dim,
+                self.augment.label_dim()
+            );
+        }
         let t = &self.train;
         ensure!(t.batch > 0, "train.batch must be > 0");
         ensure!(t.steps > 0, "train.steps must be > 0");
@@ -213,6 +230,14 @@ impl ResolvedConfig {
         Ok(())
     }
 
+    /// What training and sampling cost per image under this run's network and stage policy.
+    pub fn compute(&self) -> Result<Compute> {
+        let cuts = self.split.as_ref().map(|s| s.boundaries_t.clone()).unwrap_or_default();
+        let report = crate::nn::report(&self.model, &cuts)?;
+        let stages = crate::objective::StageSampler::new(&self.process.build()?, &self.objective, &self.boundaries_sigma())?;
+        Ok(Compute::new(self.objective.policy, &report, stages.weights.clone()))
+    }
+
     pub fn boundaries_sigma(&self) -> Vec<f64> {
         self.split.as_ref().map(|s| s.boundaries_sigma.clone()).unwrap_or_default()
     }
@@ -224,6 +249,57 @@ impl ResolvedConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration as TOML: {e}\n"))
+    }
+}
+
+/// Forward cost per image under a stage policy (docs/EDM.md §5), written to a run's
+/// `compute.json` and printed by `msdiff info --config`. GFLOPs are msdiff's counts
+/// (docs/METHOD.md §4.7); training costs about 3x the forward pass (backward ~ 2x forward).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Compute {
+    pub policy: crate::objective::StagePolicy,
+    /// Forward GFLOP per image of each stage's network.
+    pub stage_gflops: Vec<f64>,
+    /// The fraction of training images each stage receives under the policy.
+    pub stage_frequencies: Vec<f64>,
+    /// sum_j frequency_j x GFLOP_j: what one training image actually costs, forward.
+    pub train_fwd_gflop_per_image: f64,
+    /// The paper's weighting (Table 2): stage GFLOPs weighted by the length of each stage's
+    /// VP-time interval, whatever the policy.
+    pub interval_weighted_gflop: f64,
+    pub interval_weights: Vec<f64>,
+}
+
+impl Compute {
+    pub fn new(policy: crate::objective::StagePolicy, report: &crate::nn::ModelReport, stage_frequencies: Vec<f64>) -> Self {
+        let train = report.stage_gflops.iter().zip(&stage_frequencies).map(|(g, f)| g * f).sum();
+        Compute {
+            policy,
+            stage_gflops: report.stage_gflops.clone(),
+            stage_frequencies,
+            train_fwd_gflop_per_image: train,
+            interval_weighted_gflop: report.weighted_gflops,
+            interval_weights: report.interval_weights.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |v: &[f64]| v.iter().map(|x| format!("{:.2} %", 100.0 * x)).collect::<Vec<_>>().join(" / ");
+        writeln!(
+            f,
+            "training ({} stage policy): stage frequencies {}; {:.2} GFLOP forward per training image (x3 with the backward pass)",
+            serde_json::to_value(self.policy).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            pct(&self.stage_frequencies),
+            self.train_fwd_gflop_per_image
+        )?;
+        write!(
+            f,
+            "paper's convention (stage GFLOPs weighted by t-interval length {}): {:.2} GFLOP",
+            pct(&self.interval_weights),
+            self.interval_weighted_gflop
+        )
     }
 }
 

@@ -15,11 +15,16 @@ pub struct EmaConfig {
     pub decay: Option<f64>,
     #[serde(default)]
     pub half_life_images: Option<f64>,
+    /// EDM's EMA ramp-up (with `half_life_images`; EDM: 0.05): the half-life in force at a step is
+    /// min(half_life_images, rampup_ratio x images seen before the step), so the average
+    /// starts short and lengthens as training goes on (the first step copies the weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rampup_ratio: Option<f64>,
 }
 
 impl Default for EmaConfig {
     fn default() -> Self {
-        EmaConfig { decay: Some(0.9999), half_life_images: None }
+        EmaConfig { decay: Some(0.9999), half_life_images: None, rampup_ratio: None }
     }
 }
 
@@ -30,7 +35,24 @@ impl EmaConfig {
             (None, Some(h)) => ensure!(h > 0.0, "ema.half_life_images must be > 0, got {h}"),
             _ => anyhow::bail!("set exactly one of ema.decay and ema.half_life_images"),
         }
+        if let Some(r) = self.rampup_ratio {
+            ensure!(self.half_life_images.is_some(), "ema.rampup_ratio needs ema.half_life_images (EDM's ramp-up shortens the half-life)");
+            ensure!(r > 0.0 && r.is_finite(), "ema.rampup_ratio must be > 0, got {r}");
+        }
         Ok(())
+    }
+
+    /// Per-step decay at (1-based) step `step` with `batch` images per step: EDM's
+    /// beta = 0.5^(batch / max(h, 1e-8)) with h = min(half_life_images, rampup_ratio x (step - 1) x batch)
+    /// when ramping up; otherwise [`EmaConfig::decay_for`].
+    pub fn decay_at(&self, step: u64, batch: usize) -> f64 {
+        match (self.half_life_images, self.rampup_ratio) {
+            (Some(h), Some(r)) => {
+                let seen = step.saturating_sub(1) as f64 * batch as f64;
+                0.5f64.powf(batch as f64 / h.min(r * seen).max(1e-8))
+            }
+            _ => self.decay_for(batch),
+        }
     }
 
     /// Per-step decay for a batch size.
@@ -59,10 +81,10 @@ mod tests {
     #[test]
     fn either_key_alone_is_a_valid_table() {
         let h: EmaConfig = toml::from_str("half_life_images = 500000.0").unwrap();
-        assert_eq!(h, EmaConfig { decay: None, half_life_images: Some(5e5) });
+        assert_eq!(h, EmaConfig { decay: None, half_life_images: Some(5e5), rampup_ratio: None });
         h.validate().unwrap();
         let d: EmaConfig = toml::from_str("decay = 0.999").unwrap();
-        assert_eq!(d, EmaConfig { decay: Some(0.999), half_life_images: None });
+        assert_eq!(d, EmaConfig { decay: Some(0.999), half_life_images: None, rampup_ratio: None });
         d.validate().unwrap();
         let both: EmaConfig = toml::from_str("decay = 0.999\nhalf_life_images = 1.0").unwrap();
         assert!(both.validate().unwrap_err().to_string().contains("exactly one"));
@@ -70,7 +92,7 @@ mod tests {
 
     #[test]
     fn half_life_halves_after_the_given_images() {
-        let c = EmaConfig { decay: None, half_life_images: Some(1000.0) };
+        let c = EmaConfig { decay: None, half_life_images: Some(1000.0), rampup_ratio: None };
         // 10 steps of 100 images = one half-life.
         assert!((c.decay_for(100).powi(10) - 0.5).abs() < 1e-12);
         let e = vec![("w".to_string(), Tensor::from_slice(&[0.0f64]))];

@@ -4,6 +4,7 @@
 //! | file | concept |
 //! |---|---|
 //! | [`config`] | the TOML run configuration and its resolution (presets, split, dataset) |
+//! | [`augment`] | EDM's non-leaky augmentation pipeline and its labels |
 //! | [`optim`] | Adam / AdamW with warm-up and grad-norm clipping; untouched parameters stay put |
 //! | [`ema`] | exponential moving average of the weights |
 //! | [`checkpoint`] | atomic safetensors + JSON checkpoints, keep-last-N, exact resume |
@@ -12,6 +13,7 @@
 //! | [`report`] | sample grids and the loss plot of a run |
 //! | [`trainer`] | the loop: progress bar, JSONL log, checkpoints, Ctrl-C, NaN guard |
 
+pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod ema;

@@ -7,9 +7,9 @@
 use super::checkpoint::{self, RngState, State, Tensors};
 use super::config::ResolvedConfig;
 use super::ema;
-use super::optim::{gradients, Adam, OptimConfig};
+use super::optim::{gradients, Adam, LossReduction, OptimConfig};
 use crate::model::{copy_into, Network};
-use crate::nn::UNetConfig;
+use crate::nn::{UNetConfig, WithAugment};
 use crate::objective::{Draws, Objective};
 use crate::runtime::Precision;
 use anyhow::{Context, Result};
@@ -116,16 +116,42 @@ impl TrainState {
     /// copy refreshed, the EMA moved by `ema_decay`. `dropout_seed` seeds libtorch's generator
     /// for this forward pass. A non-finite loss updates nothing (see [`StepStats::diverged`]).
     pub fn step(&mut self, objective: &Objective, x0: &Tensor, z: &Tensor, draws: &Draws, lr: f64, ema_decay: f64, dropout_seed: i64) -> Result<StepStats> {
+        self.step_augmented(objective, x0, z, draws, None, lr, ema_decay, dropout_seed)
+    }
+
+    /// [`TrainState::step`] on augmented images `x0` whose augment labels `[B, augment_dim]`
+    /// the network receives (EDM's non-leaky augmentation; none: no labels). With
+    /// `optim.loss_reduction = "sum"` the gradient is taken of the per-image pixel sum, as EDM;
+    /// the reported loss is always the per-pixel mean.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_augmented(
+        &mut self,
+        objective: &Objective,
+        x0: &Tensor,
+        z: &Tensor,
+        draws: &Draws,
+        augment: Option<&Tensor>,
+        lr: f64,
+        ema_decay: f64,
+        dropout_seed: i64,
+    ) -> Result<StepStats> {
         let per = {
             let _rng = torch_rng();
             tch::manual_seed(dropout_seed);
-            objective.loss(&self.model.net, x0, z, draws, true)?
+            match augment {
+                Some(labels) => objective.loss(&WithAugment { net: &self.model.net, labels }, x0, z, draws, true)?,
+                None => objective.loss(&self.model.net, x0, z, draws, true)?,
+            }
         };
         let loss = per.mean(Kind::Float);
         let lv = loss.double_value(&[]);
         if !lv.is_finite() {
             return Ok(StepStats { loss: lv, per_sample: vec![], grad_norm: f64::NAN });
         }
+        let loss = match self.adam.cfg.loss_reduction {
+            LossReduction::Mean => loss,
+            LossReduction::Sum => loss * (x0.numel() as f64 / x0.size()[0].max(1) as f64),
+        };
         let grads = gradients(&loss, &self.params)?;
         drop(loss);
         // bf16: Adam updates the fp32 masters from fp32-cast gradients, then the model gets a copy.

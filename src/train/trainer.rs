@@ -8,6 +8,7 @@
 //! therefore draws exactly what an uninterrupted one would, and with the restored weights, EMA and
 //! Adam state it continues bit for bit.
 use super::checkpoint;
+use super::augment::AugmentPipe;
 use super::config::ResolvedConfig;
 use super::metrics::LossWindow;
 use super::report::{plot_losses, write_samples};
@@ -26,6 +27,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 const STEP_STREAM: u64 = 0x57E9_0000_0000_0002;
+const AUGMENT_STREAM: u64 = 0xA06E_0000_0000_0006;
 
 /// Set by Ctrl-C; the loop saves a checkpoint and returns.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -104,7 +106,11 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     bar.set_position(start_step);
 
     let mut order = BatchOrder::new(data.len(), t.seed);
-    let decay = cfg.ema.decay_for(t.batch);
+    let augment = cfg.augment.enabled().then(|| AugmentPipe::new(cfg.augment.clone())).transpose()?;
+    // What a training image costs under this run's stage policy (docs/EDM.md §5).
+    let compute = cfg.compute()?;
+    crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("compute.json"), serde_json::to_string_pretty(&compute)?.as_bytes())?;
+    let (mut window_gflop, mut window_images) = (0.0, 0usize);
     let began = Instant::now();
     let mut window = LossWindow::new(stages.stages());
     let mut losses = Vec::new();
@@ -127,6 +133,14 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let draws = stages.draw(t.batch, &mut rng)?;
         let z = batch_to_device(&rng.randn(&[t.batch as i64, c, h, w], Kind::Float), device);
         let x0 = batch_to_device(&x0, device);
+        // EDM's augmentation draws from its own stream, so runs without it draw as before.
+        let (x0, labels) = match &augment {
+            Some(pipe) => {
+                let (x, l) = pipe.run(&x0, &mut Rng::stream(t.seed ^ AUGMENT_STREAM, s))?;
+                (x, Some(l))
+            }
+            None => (x0, None),
+        };
         let oom = |e: String| -> anyhow::Error {
             let kept = match &last_ckpt {
                 Some(p) => format!("the last checkpoint {} is intact", p.display()),
@@ -139,8 +153,12 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
                 crate::runtime::oom_core(&e)
             )
         };
-        let lr = cfg.optim.lr_at(s);
-        let stats = guard_oom(|| state.step(&objective, &x0, &z, &draws, lr, decay, dropout_seed(t.seed, s)), &oom)?;
+        let lr = cfg.optim.lr_for(s, t.batch);
+        let decay = cfg.ema.decay_at(s, t.batch);
+        let stats = guard_oom(
+            || state.step_augmented(&objective, &x0, &z, &draws, labels.as_ref(), lr, decay, dropout_seed(t.seed, s)),
+            &oom,
+        )?;
         if stats.diverged() {
             bar.abandon();
             let hint = match &last_ckpt {
@@ -153,9 +171,15 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             );
         }
         window.add(&stats, &draws.stage);
+        window_gflop += draws.stage.iter().map(|&j| compute.stage_gflops[j as usize]).sum::<f64>();
+        window_images += draws.stage.len();
         if s % t.log_every == 0 || s == t.steps {
             let line = window.flush(s, lr, began.elapsed().as_secs_f64());
-            writeln!(log, "{}", json_line(&line)).context("cannot write metrics.jsonl")?;
+            // The forward GFLOPs per training image this window actually ran (stages as drawn).
+            let mut v = serde_json::to_value(&line)?;
+            v["fwd_gflop_per_image"] = serde_json::json!(window_gflop / window_images.max(1) as f64);
+            (window_gflop, window_images) = (0.0, 0);
+            writeln!(log, "{}", json_line(&v)).context("cannot write metrics.jsonl")?;
             bar.set_message(line.summary());
             losses.push((s, line.loss));
         }
