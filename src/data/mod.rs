@@ -145,9 +145,10 @@ pub fn subset_indices(len: usize, n: usize, seed: u64) -> Vec<i64> {
     idx
 }
 
-/// Train or test split.
+/// The train or test subset of a dataset (not to be confused with [`crate::cluster::Split`], a
+/// stage split).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Split {
+pub enum Subset {
     #[default]
     Train,
     Test,
@@ -158,8 +159,8 @@ pub enum Split {
 pub struct LoadOptions {
     /// Keep at most this many images (the first ones).
     pub limit: Option<usize>,
-    /// Split for sources that have one (overridden by a `:train` / `:test` spec suffix).
-    pub split: Split,
+    /// Subset for sources that have one (overridden by a `:train` / `:test` spec suffix).
+    pub split: Subset,
     /// Builtin only: image size (default 16).
     pub resolution: usize,
     /// Builtin only: number of images (default 10000).
@@ -172,7 +173,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             limit: None,
-            split: Split::Train,
+            split: Subset::Train,
             resolution: 16,
             count: 10_000,
             seed: 0,
@@ -196,11 +197,11 @@ const SPEC_HELP: &str =
                          cifar10:DIR, folder:DIR, npy:FILE or a path";
 
 /// Splits `rest` into (path, split) honouring a `:test` / `:train` suffix.
-fn split_suffix(rest: &str, default: Split) -> (&str, Split) {
+fn split_suffix(rest: &str, default: Subset) -> (&str, Subset) {
     if let Some(p) = rest.strip_suffix(":test") {
-        (p, Split::Test)
+        (p, Subset::Test)
     } else if let Some(p) = rest.strip_suffix(":train") {
-        (p, Split::Train)
+        (p, Subset::Train)
     } else {
         (rest, default)
     }
@@ -236,8 +237,8 @@ fn load_inner(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
             // No folder (`mnist`, `mnist:test`): the fetched copy (or the dev machines' ../shared one).
             let (dir, split) = match rest {
                 "" => (None, opts.split),
-                "test" => (None, Split::Test),
-                "train" => (None, Split::Train),
+                "test" => (None, Subset::Test),
+                "train" => (None, Subset::Train),
                 _ => {
                     let (dir, split) = split_suffix(rest, opts.split);
                     (Some(PathBuf::from(dir)), split)
@@ -305,14 +306,14 @@ fn has_idx(dir: &Path) -> bool {
         .any(|p| find_idx(dir, p, "images", 3).is_some())
 }
 
-fn load_mnist_dir(dir: &Path, split: Split, limit: Option<usize>, name: &str) -> Result<Dataset> {
+fn load_mnist_dir(dir: &Path, split: Subset, limit: Option<usize>, name: &str) -> Result<Dataset> {
     if !dir.is_dir() {
         bail!(
             "{}: no such folder (put the four IDX files of {name} there)",
             dir.display()
         );
     }
-    let prefix = if split == Split::Test {
+    let prefix = if split == Subset::Test {
         "t10k"
     } else {
         "train"
@@ -340,7 +341,7 @@ fn load_mnist_dir(dir: &Path, split: Split, limit: Option<usize>, name: &str) ->
         }
         None => None,
     };
-    let name = if split == Split::Test {
+    let name = if split == Subset::Test {
         format!("{name}-test")
     } else {
         name.to_string()
@@ -362,12 +363,12 @@ fn load_idx_file(path: &Path, limit: Option<usize>) -> Result<Dataset> {
     )
 }
 
-fn load_cifar(dir: &Path, split: Split, limit: Option<usize>) -> Result<Dataset> {
-    let (x, y) = cifar::load_cifar10(dir, split == Split::Test, limit)?;
+fn load_cifar(dir: &Path, split: Subset, limit: Option<usize>) -> Result<Dataset> {
+    let (x, y) = cifar::load_cifar10(dir, split == Subset::Test, limit)?;
     Dataset::new(
         x,
         Some(y),
-        if split == Split::Test {
+        if split == Subset::Test {
             "cifar10-test"
         } else {
             "cifar10"
@@ -592,7 +593,7 @@ mod tests {
         let ds = load(
             &format!("mnist:{}", m.display()),
             &LoadOptions {
-                split: Split::Test,
+                split: Subset::Test,
                 ..Default::default()
             },
         )
