@@ -138,4 +138,23 @@ impl Loaded {
     pub fn denoiser(&self) -> Result<BoundDenoiser<'_>> {
         self.config.build_objective()?.bind(&self.network.net)
     }
+
+    /// Sample `seeds` (image i from its own noise stream) with `sampler`, in batches of `batch`:
+    /// `([N, C, H, W]` clipped to [-1, 1], NFE per image). `progress` gets the images done.
+    pub fn sample(
+        &self,
+        sampler: &crate::sampler::SamplerConfig,
+        seeds: &[u64],
+        batch: usize,
+        device: Device,
+        progress: impl FnMut(usize),
+    ) -> Result<(Tensor, usize)> {
+        let den = self.denoiser()?;
+        let process = self.config.process.build()?;
+        sampler.validate(&process)?;
+        let m = &self.config.model;
+        let item = [m.in_channels as i64, m.resolution as i64, m.resolution as i64];
+        let s = crate::sampler::sample_seeds(sampler, &den, &process, &item, seeds, batch, None, device, progress)?;
+        Ok((s.x.clamp(-1.0, 1.0), s.nfe))
+    }
 }

@@ -88,18 +88,10 @@ fn load_images(s: &Source) -> Result<(Tensor, String)> {
     Ok((ds.images, name))
 }
 
-/// Statistics of images in [-1, 1] (quantised to 8 bits as when saved as PNG).
-pub fn stats_of(net: &FidInception, images: &Tensor, batch: usize, quiet: bool, features_out: Option<&Path>) -> Result<FidStats> {
-    let n = images.size()[0] as u64;
-    let bar = progress(n, "fid", quiet);
-    let u8s = fid::inception::pm1_to_u8(images);
-    let stats = if let Some(p) = features_out {
-        let f = fid::features(net, &u8s, batch, |k| bar.set_position(k as u64))?;
-        crate::io::npy::write_npy(p, &f)?;
-        fid::stats_of_features(&f)?
-    } else {
-        fid::compute_stats_tensor(net, &u8s, batch, |k| bar.set_position(k as u64))?
-    };
+/// [`fid::stats_of_images`] with a progress bar.
+fn stats_of(net: &FidInception, images: &Tensor, batch: usize, quiet: bool, features_out: Option<&Path>) -> Result<FidStats> {
+    let bar = progress(images.size()[0] as u64, "fid", quiet);
+    let stats = fid::stats_of_images(net, images, batch, features_out, |k| bar.set_position(k as u64))?;
     bar.finish_and_clear();
     Ok(stats)
 }
@@ -177,19 +169,6 @@ pub struct EvalArgs {
     pub log: Option<PathBuf>,
 }
 
-/// Sample `seeds` from a checkpoint (EMA weights unless `raw`), returning [N, C, H, W] in [-1, 1].
-pub fn sample_checkpoint(l: &Loaded, sampler: &crate::sampler::SamplerConfig, seeds: &[u64], batch: usize, device: Device, quiet: bool) -> Result<(Tensor, usize)> {
-    let den = l.denoiser()?;
-    let process = l.config.process.build()?;
-    sampler.validate(&process)?;
-    let m = &l.config.model;
-    let item = [m.in_channels as i64, m.resolution as i64, m.resolution as i64];
-    let bar = progress(seeds.len() as u64, "sample", quiet);
-    let s = crate::sampler::sample_seeds(sampler, &den, &process, &item, seeds, batch, None, device, |k| bar.set_position(k as u64))?;
-    bar.finish_and_clear();
-    Ok((s.x.clamp(-1.0, 1.0), s.nfe))
-}
-
 pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let device = g.device()?;
     let sampler = a.sampler.config()?;
@@ -207,7 +186,9 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let net = load_net(&a.net, device)?;
     let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);
     let t0 = std::time::Instant::now();
-    let (x, nfe) = sample_checkpoint(&l, &sampler, &seeds, a.batch, device, g.quiet)?;
+    let bar = progress(seeds.len() as u64, "sample", g.quiet);
+    let (x, nfe) = l.sample(&sampler, &seeds, a.batch, device, |k| bar.set_position(k as u64))?;
+    bar.finish_and_clear();
     let sample_s = t0.elapsed().as_secs_f64();
     let s = stats_of(&net, &x, a.net.fid_batch, g.quiet, None)?;
     let rep = fid::frechet_distance_report(&s, &r)?;

@@ -96,6 +96,27 @@ pub fn compute_stats_tensor(net: &FidInception, images: &Tensor, batch: usize, p
 }
 
 /// Statistics of precomputed features `[N, d]`.
+/// Statistics of images in [-1, 1] (quantised to 8 bits, as when saved as PNG), in batches of
+/// `batch`; with `features_out`, the `[N, 2048]` features are also written there as .npy.
+/// `progress` gets the number of images done.
+pub fn stats_of_images(
+    net: &FidInception,
+    images: &Tensor,
+    batch: usize,
+    features_out: Option<&std::path::Path>,
+    progress: impl FnMut(usize),
+) -> Result<FidStats> {
+    let u8s = inception::pm1_to_u8(images);
+    match features_out {
+        Some(p) => {
+            let f = features(net, &u8s, batch, progress)?;
+            crate::io::npy::write_npy(p, &f)?;
+            stats_of_features(&f)
+        }
+        None => compute_stats_tensor(net, &u8s, batch, progress),
+    }
+}
+
 pub fn stats_of_features(features: &Tensor) -> Result<FidStats> {
     let mut acc = StatsAccumulator::new();
     acc.update(features)?;
