@@ -3,19 +3,38 @@
 //!
 //! scripts/with-libtorch cargo run --release --example fid_bench -- \
 //!     [--weights PATH] [--threads 2] [--batch 32] [--images 64] [--fmnist N] [--fmnist-dir DIR]
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use msdiff::fid;
-use std::io::Read;
+use clap::Parser;
+use msdiff::runtime::median;
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// FID feature throughput and FLOPs; optionally FID(Fashion-MNIST train subset, test subset).
+#[derive(Parser)]
+struct Args {
+    /// FID Inception weights (default: as `msdiff fid`: $MSDIFF_FID_WEIGHTS, the fetched copy, ../shared).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Images per network batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Images timed for the throughput.
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Also compute FID(first N training images, first N test images) of Fashion-MNIST (0: skip).
+    #[arg(long, default_value_t = 0)]
+    fmnist: i64,
+    /// Fashion-MNIST folder (default: the fetched copy, else ../shared/data/fashion-mnist).
+    #[arg(long)]
+    fmnist_dir: Option<PathBuf>,
+    /// Rounds of the NCHW vs channels-last comparison.
+    #[arg(long, default_value_t = 2)]
+    layout_rounds: usize,
 }
 
 /// CPU seconds used by this process so far (user + system, from /proc/self/stat).
@@ -30,30 +49,12 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Minimal IDX (gzip) image reader: `[N, 1, rows, cols]` u8.
-fn read_idx_images(path: &std::path::Path) -> Result<Tensor> {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).with_context(|| format!("{}", path.display()))?)
-        .read_to_end(&mut raw)?;
-    ensure!(raw.len() >= 16 && raw[..4] == [0, 0, 8, 3], "{} is not an IDX3 u8 file", path.display());
-    let be = |i: usize| u32::from_be_bytes(raw[i..i + 4].try_into().unwrap()) as i64;
-    let (n, r, c) = (be(4), be(8), be(12));
-    ensure!(raw.len() as i64 == 16 + n * r * c, "{}: truncated", path.display());
-    Ok(Tensor::from_slice(&raw[16..]).view([n, 1, r, c]))
-}
-
 fn main() -> Result<()> {
-    let threads: i32 = arg("--threads", 2);
-    let batch: usize = arg("--batch", 32);
-    let images: usize = arg("--images", 64);
-    let fmnist: i64 = arg("--fmnist", 0);
-    let weights: String = arg("--weights", fid::DEFAULT_WEIGHTS.to_string());
-    let fdir: String = arg("--fmnist-dir", "../shared/data/fashion-mnist".to_string());
+    let Args { weights, threads, batch, images, fmnist, fmnist_dir, layout_rounds: rounds } = Args::parse();
+    let weights = match weights {
+        Some(w) => w,
+        None => fid::inception::default_weights()?,
+    };
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -89,7 +90,6 @@ fn main() -> Result<()> {
     let default_layout = net.channels_last();
 
     // Memory layouts, interleaved so that a shared CPU's load affects both alike.
-    let rounds: usize = arg("--layout-rounds", 2);
     if rounds > 0 {
         let x = Tensor::randint(256, [batch as i64, 3, 299, 299], (Kind::Uint8, Device::Cpu));
         let mut t = [Vec::new(), Vec::new()];
@@ -146,9 +146,16 @@ fn main() -> Result<()> {
     }
 
     if fmnist > 0 {
-        let dir = std::path::Path::new(&fdir);
-        let test = read_idx_images(&dir.join("t10k-images-idx3-ubyte.gz"))?;
-        let train = read_idx_images(&dir.join("train-images-idx3-ubyte.gz"))?;
+        // The library's reader (gzip or plain IDX, exact-length checks); the fetched copy by default.
+        let load = |split: &str| -> Result<Tensor> {
+            let spec = match &fmnist_dir {
+                Some(d) => format!("fashion-mnist:{}:{split}", d.display()),
+                None => format!("fashion-mnist:{split}"),
+            };
+            let ds = msdiff::data::load(&spec, &msdiff::data::LoadOptions { limit: Some(fmnist as usize), ..Default::default() })?;
+            Ok(fid::inception::pm1_to_u8(&ds.images))
+        };
+        let (test, train) = (load("test")?, load("train")?);
         let nt = fmnist.min(test.size()[0]);
         let nr = fmnist.min(train.size()[0]);
         let t0 = Instant::now();

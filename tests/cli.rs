@@ -343,6 +343,74 @@ fn eval_is_reproducible_and_logs_what_it_measured() {
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
 }
 
+/// Train a `tiny` model on 32 built-in images for `steps` steps (checkpoint every 2) into `d/run`,
+/// with no warm-up and a fast EMA, so that even two steps move the weights.
+fn tiny_run(d: &Path, steps: u32, stages: &str) -> PathBuf {
+    let cfg = d.join("run.toml");
+    let model = if stages == "unified" { "preset = \"tiny\"\ndecoder_channels = [16]" } else { "preset = \"tiny\"" };
+    let split = if stages == "unified" { "" } else { "[stages]\nmethod = \"uniform\"\n" };
+    let text = format!(
+        "[data]\ncount = 32\n[model]\n{model}\n{split}[optim]\nwarmup_steps = 0\n[ema]\ndecay = 0.5\n[train]\nbatch = 8\nsteps = {steps}\ncheckpoint_every = 2\nkeep_last = 10\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let run = d.join("run");
+    let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    run
+}
+
+/// `msdiff sample`'s output is `msdiff fid`'s input: samples.npy holds the clipped images the
+/// PNGs show (raw.npy the solver's output), and `fid stats --images samples.npy` takes it.
+#[test]
+fn sample_output_feeds_fid_stats() {
+    let d = tmp("roundtrip");
+    let run = tiny_run(&d, 2, "multistage");
+    let out = d.join("s");
+    let o = msdiff(&["sample", "--model", run.to_str().unwrap(), "--raw", "--sampler", "euler", "--steps", "3", "--n", "6", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let raw = msdiff::io::npy::read_npy(&out.join("raw.npy")).unwrap();
+    let shown = msdiff::io::npy::read_npy(&out.join("samples.npy")).unwrap();
+    // An almost untrained network overshoots [-1, 1]: the case that used to be refused.
+    assert!(raw.abs().max().double_value(&[]) > 1.0, "the test needs samples outside [-1, 1]");
+    assert_eq!(shown, raw.clamp(-1.0, 1.0));
+    let Some(weights) = fid_weights() else { return };
+    let stats = d.join("s.safetensors");
+    let o = msdiff(&["fid", "stats", "--images", out.join("samples.npy").to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--fid-batch", "6", "--out", stats.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stats.is_file());
+}
+
+/// `msdiff val-loss`: one JSON line per checkpoint with --all, the same scores for the same seed,
+/// and one-line errors for a one-stage model without intervals and for bad cuts.
+#[test]
+fn val_loss_scores_every_checkpoint_reproducibly() {
+    let d = tmp("val-loss");
+    let run = tiny_run(&d, 4, "multistage");
+    let log = d.join("val.jsonl");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["val-loss", "--checkpoint", run.to_str().unwrap(), "--data", "builtin", "--limit", "12", "--batch", "5"];
+        a.extend_from_slice(extra);
+        msdiff(&a)
+    };
+    let o = args(&["--all", "--log", log.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = args(&["--log", log.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 4]);
+    assert_eq!(lines[1]["loss"], lines[2]["loss"], "the same checkpoint and seed must score the same");
+    assert_ne!(lines[0]["loss"], lines[1]["loss"], "two checkpoints scored the same");
+    assert_eq!(lines[0]["loss"].as_array().unwrap().len(), 3);
+    assert_user_error(&args(&["--cuts", "0.7,0.3"]), "--cuts must be increasing");
+    let u = tmp("val-loss-unified");
+    let unified = tiny_run(&u, 2, "unified");
+    let o = msdiff(&["val-loss", "--checkpoint", unified.to_str().unwrap(), "--data", "builtin", "--limit", "4"]);
+    assert_user_error(&o, "give --split or --cuts");
+    let o = msdiff(&["val-loss", "--checkpoint", unified.to_str().unwrap(), "--data", "builtin", "--limit", "4", "--cuts", "0.442,0.631"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// Out of memory in training: exit 2, one error line naming the batch, no C++ trace, no checkpoint.
 #[test]
 fn train_out_of_memory_is_one_clear_line() {
