@@ -6,50 +6,20 @@ use msdiff::plot::{palette, Plot};
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let out = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "/tmp/data-preview".into()),
-    );
+    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "/tmp/data-preview".into()));
     let t0 = std::time::Instant::now();
     let ds = load("builtin", &LoadOptions::default())?;
-    println!(
-        "{}: {:?} in {:.3} s",
-        ds.name,
-        ds.shape(),
-        t0.elapsed().as_secs_f64()
-    );
+    println!("{}: {:?} in {:.3} s", ds.name, ds.shape(), t0.elapsed().as_secs_f64());
     // 64 images, nearest-neighbour upscaled x4 for viewing
-    let big = ds
-        .images
-        .narrow(0, 0, 64)
-        .upsample_nearest2d([64, 64], None, None);
+    let big = ds.images.narrow(0, 0, 64).upsample_nearest2d([64, 64], None, None);
     write_grid(&out.join("shapes_grid.png"), &big, 8, 4)?;
-    let rgb = load(
-        "builtin:shapes-rgb",
-        &LoadOptions {
-            count: 64,
-            resolution: 32,
-            ..Default::default()
-        },
-    )?;
-    write_grid(
-        &out.join("shapes_rgb_grid.png"),
-        &rgb.images.upsample_nearest2d([64, 64], None, None),
-        8,
-        4,
-    )?;
+    let rgb = load("builtin:shapes-rgb", &LoadOptions { count: 64, resolution: 32, ..Default::default() })?;
+    write_grid(&out.join("shapes_rgb_grid.png"), &rgb.images.upsample_nearest2d([64, 64], None, None), 8, 4)?;
 
     // A clustering-style figure: two similarity curves, the threshold and the cuts.
     let ts: Vec<f64> = (0..=1000).map(|i| i as f64 / 1000.0).collect();
-    let s0: Vec<(f64, f64)> = ts
-        .iter()
-        .map(|&t| (t, (-(t / 0.35).powi(2)).exp()))
-        .collect();
-    let s1: Vec<(f64, f64)> = ts
-        .iter()
-        .map(|&t| (t, (-((1.0 - t) / 0.3).powi(2)).exp()))
-        .collect();
+    let s0: Vec<(f64, f64)> = ts.iter().map(|&t| (t, (-(t / 0.35).powi(2)).exp())).collect();
+    let s1: Vec<(f64, f64)> = ts.iter().map(|&t| (t, (-((1.0 - t) / 0.3).powi(2)).exp())).collect();
     Plot::new("timestep clustering: S0(t), S1(t)", 720, 420)
         .xlabel("t")
         .ylabel("similarity")
@@ -63,10 +33,7 @@ fn main() -> anyhow::Result<()> {
     let loss: Vec<(f64, f64)> = (1..=2000)
         .map(|i| {
             let x = i as f64;
-            (
-                x,
-                0.05 + 2.0 / (1.0 + x / 50.0) * (1.0 + 0.15 * (x * 0.37).sin()),
-            )
+            (x, 0.05 + 2.0 / (1.0 + x / 50.0) * (1.0 + 0.15 * (x * 0.37).sin()))
         })
         .collect();
     Plot::new("training loss", 640, 400)
@@ -76,9 +43,6 @@ fn main() -> anyhow::Result<()> {
         .series("loss", &loss, palette(0))
         .vline(1000.0, "lr decay", palette(3))
         .save(&out.join("loss_demo.png"))?;
-    println!(
-        "wrote {}/{{shapes_grid,shapes_rgb_grid,clustering_demo,loss_demo}}.png",
-        out.display()
-    );
+    println!("wrote {}/{{shapes_grid,shapes_rgb_grid,clustering_demo,loss_demo}}.png", out.display());
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! scripts/with-libtorch cargo run --release --example fid_bench -- \
 //!     [--weights PATH] [--threads 2] [--batch 32] [--images 64] [--fmnist N] [--fmnist-dir DIR]
 use anyhow::Result;
-use msdiff::fid;
 use clap::Parser;
+use msdiff::fid;
 use msdiff::runtime::median;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,7 +42,11 @@ fn cpu_seconds() -> f64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = s.rsplit(')').next().unwrap_or("");
     let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    if f.len() > 13 { (f[11] + f[12]) / 100.0 } else { f64::NAN }
+    if f.len() > 13 {
+        (f[11] + f[12]) / 100.0
+    } else {
+        f64::NAN
+    }
 }
 
 fn loadavg() -> String {
@@ -59,7 +63,11 @@ fn main() -> Result<()> {
     tch::manual_seed(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     println!("machine: {cpu}, libtorch threads {}", tch::get_num_threads());
 
@@ -152,7 +160,10 @@ fn main() -> Result<()> {
                 Some(d) => format!("fashion-mnist:{}:{split}", d.display()),
                 None => format!("fashion-mnist:{split}"),
             };
-            let ds = msdiff::data::load(&spec, &msdiff::data::LoadOptions { limit: Some(fmnist as usize), ..Default::default() })?;
+            let ds = msdiff::data::load(
+                &spec,
+                &msdiff::data::LoadOptions { limit: Some(fmnist as usize), ..Default::default() },
+            )?;
             Ok(fid::inception::pm1_to_u8(&ds.images))
         };
         let (test, train) = (load("test")?, load("train")?);

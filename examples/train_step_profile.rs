@@ -4,11 +4,11 @@
 //! and parameter updates). Compare with `benches/reference_unet.py --phases`.
 //!
 //! `scripts/with-libtorch cargo run --release --example train_step_profile -- reference-6.5m 32 3 2`
-use msdiff::nn::UNetConfig;
-use msdiff::model::Network;
-use msdiff::train::optim::{gradients, Adam, OptimConfig};
 use clap::Parser;
+use msdiff::model::Network;
+use msdiff::nn::UNetConfig;
 use msdiff::runtime::time_median as time;
+use msdiff::train::optim::{gradients, Adam, OptimConfig};
 use tch::{Device, Kind, Tensor};
 
 /// Time one training step's parts.
@@ -41,7 +41,11 @@ fn main() -> anyhow::Result<()> {
     let label = Tensor::from_slice(&(0..batch).map(|i| 999.0 * (i as f32 + 0.5) / batch as f32).collect::<Vec<_>>());
     let stage = Tensor::from_slice(&(0..batch).map(|i| i * k / batch).collect::<Vec<_>>());
     let target = x.randn_like();
-    println!("{preset} batch {batch}, {} parameter tensors, {} parameters, {threads} threads", params.len(), net.num_params());
+    println!(
+        "{preset} batch {batch}, {} parameter tensors, {} parameters, {threads} threads",
+        params.len(),
+        net.num_params()
+    );
 
     let fwd = time(repeats, || {
         let _g = tch::no_grad_guard();

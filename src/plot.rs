@@ -111,11 +111,7 @@ struct Rect {
 
 impl Canvas {
     fn new(width: usize, height: usize) -> Self {
-        Canvas {
-            width,
-            height,
-            pixels: vec![255; width * height * 3],
-        }
+        Canvas { width, height, pixels: vec![255; width * height * 3] }
     }
 
     /// Pixel (x, y) as RGB.
@@ -147,16 +143,9 @@ impl Canvas {
     /// Anti-aliased segment of width `lw` (pixel coordinates; pixel centres at +0.5), clipped.
     fn segment(&mut self, p: (f64, f64), q: (f64, f64), lw: f64, c: Color, clip: Rect) {
         let pad = lw + 1.0;
-        let Some((p, q)) = clip_segment(
-            p,
-            q,
-            Rect {
-                x0: clip.x0 - pad,
-                y0: clip.y0 - pad,
-                x1: clip.x1 + pad,
-                y1: clip.y1 + pad,
-            },
-        ) else {
+        let Some((p, q)) =
+            clip_segment(p, q, Rect { x0: clip.x0 - pad, y0: clip.y0 - pad, x1: clip.x1 + pad, y1: clip.y1 + pad })
+        else {
             return;
         };
         let r = lw / 2.0 + 0.5;
@@ -172,11 +161,7 @@ impl Canvas {
                 if cx < clip.x0 || cx > clip.x1 || cy < clip.y0 || cy > clip.y1 {
                     continue;
                 }
-                let t = if len2 > 0.0 {
-                    (((cx - p.0) * dx + (cy - p.1) * dy) / len2).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
+                let t = if len2 > 0.0 { (((cx - p.0) * dx + (cy - p.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
                 let (ex, ey) = (p.0 + t * dx - cx, p.1 + t * dy - cy);
                 let d = (ex * ex + ey * ey).sqrt();
                 self.blend(x, y, c, lw / 2.0 + 0.5 - d);
@@ -242,12 +227,7 @@ fn text_width(s: &str, scale: i64) -> i64 {
 fn clip_segment(p: (f64, f64), q: (f64, f64), r: Rect) -> Option<((f64, f64), (f64, f64))> {
     let (dx, dy) = (q.0 - p.0, q.1 - p.1);
     let (mut t0, mut t1) = (0.0f64, 1.0f64);
-    for (pk, qk) in [
-        (-dx, p.0 - r.x0),
-        (dx, r.x1 - p.0),
-        (-dy, p.1 - r.y0),
-        (dy, r.y1 - p.1),
-    ] {
+    for (pk, qk) in [(-dx, p.0 - r.x0), (dx, r.x1 - p.0), (-dy, p.1 - r.y0), (dy, r.y1 - p.1)] {
         if pk == 0.0 {
             if qk < 0.0 {
                 return None;
@@ -264,10 +244,7 @@ fn clip_segment(p: (f64, f64), q: (f64, f64), r: Rect) -> Option<((f64, f64), (f
     if t0 > t1 {
         return None;
     }
-    Some((
-        (p.0 + t0 * dx, p.1 + t0 * dy),
-        (p.0 + t1 * dx, p.1 + t1 * dy),
-    ))
+    Some(((p.0 + t0 * dx, p.1 + t0 * dy), (p.0 + t1 * dx, p.1 + t1 * dy)))
 }
 
 /// The "nice" step (1, 2, 2.5 or 5 times a power of ten) nearest to `raw`.
@@ -300,18 +277,13 @@ fn linear_ticks(lo: f64, hi: f64, target: usize) -> Vec<(f64, String)> {
     let decimals = if step >= 1.0 {
         0
     } else {
-        (-step.log10().floor()) as usize
-            + usize::from(((step / 10f64.powf(step.log10().floor())) - 2.5).abs() < 1e-9)
+        (-step.log10().floor()) as usize + usize::from(((step / 10f64.powf(step.log10().floor())) - 2.5).abs() < 1e-9)
     };
     (first..=last)
         .map(|k| {
             let v = k as f64 * step;
             let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
-            let s = if sci {
-                format_sci(v)
-            } else {
-                format!("{v:.decimals$}")
-            };
+            let s = if sci { format_sci(v) } else { format!("{v:.decimals$}") };
             (v, s)
         })
         .collect()
@@ -326,11 +298,7 @@ fn format_sci(v: f64) -> String {
     // trim mantissa zeros: "2.500e6" -> "2.5e6"
     match s.split_once('e') {
         Some((m, e)) => {
-            let m = if m.contains('.') {
-                m.trim_end_matches('0').trim_end_matches('.')
-            } else {
-                m
-            };
+            let m = if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.') } else { m };
             format!("{m}e{e}")
         }
         None => s,
@@ -359,13 +327,7 @@ fn log_ticks(lo: f64, hi: f64, target: usize) -> (Vec<(f64, String)>, Vec<f64>) 
         // Less than a factor of two: linear ticks on the values.
         let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
         let t = linear_ticks(a, b, target);
-        return (
-            t.into_iter()
-                .filter(|(v, _)| *v > 0.0)
-                .map(|(v, s)| (v.log10(), s))
-                .collect(),
-            minor,
-        );
+        return (t.into_iter().filter(|(v, _)| *v > 0.0).map(|(v, s)| (v.log10(), s)).collect(), minor);
     }
     let every = ((span / target.max(1) as f64).ceil() as i64).max(1);
     for d in d0..=d1 {
@@ -375,11 +337,7 @@ fn log_ticks(lo: f64, hi: f64, target: usize) -> (Vec<(f64, String)>, Vec<f64>) 
             if lv < lo - 1e-12 || lv > hi + 1e-12 {
                 continue;
             }
-            let labelled = if m == 1 {
-                d.rem_euclid(every) == 0
-            } else {
-                span <= 2.5 && (m == 2 || m == 5)
-            };
+            let labelled = if m == 1 { d.rem_euclid(every) == 0 } else { span <= 2.5 && (m == 2 || m == 5) };
             if labelled {
                 major.push((lv, format_log(v)));
             } else if span <= 6.0 {
@@ -390,11 +348,7 @@ fn log_ticks(lo: f64, hi: f64, target: usize) -> (Vec<(f64, String)>, Vec<f64>) 
     if major.len() < 2 {
         // Within one decade and no 1/2/5 inside: fall back to linear ticks on the values.
         let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
-        major = linear_ticks(a, b, target)
-            .into_iter()
-            .filter(|(v, _)| *v > 0.0)
-            .map(|(v, s)| (v.log10(), s))
-            .collect();
+        major = linear_ticks(a, b, target).into_iter().filter(|(v, _)| *v > 0.0).map(|(v, s)| (v.log10(), s)).collect();
     }
     (major, minor)
 }
@@ -453,42 +407,21 @@ impl Plot {
         self.series_styled(name, pts, color, Style::Points)
     }
 
-    pub fn series_styled(
-        mut self,
-        name: &str,
-        pts: &[(f64, f64)],
-        color: Color,
-        style: Style,
-    ) -> Self {
-        self.series.push(Series {
-            name: name.to_string(),
-            pts: pts.to_vec(),
-            color,
-            style,
-        });
+    pub fn series_styled(mut self, name: &str, pts: &[(f64, f64)], color: Color, style: Style) -> Self {
+        self.series.push(Series { name: name.to_string(), pts: pts.to_vec(), color, style });
         self
     }
 
     /// A dashed vertical line at `x`; a non-empty `label` goes in the legend (once per
     /// label and colour, so many cuts can share one entry).
     pub fn vline(mut self, x: f64, label: &str, color: Color) -> Self {
-        self.lines.push(RefLine {
-            vertical: true,
-            at: x,
-            label: label.to_string(),
-            color,
-        });
+        self.lines.push(RefLine { vertical: true, at: x, label: label.to_string(), color });
         self
     }
 
     /// A dashed horizontal line at `y` (see [`Plot::vline`]).
     pub fn hline(mut self, y: f64, label: &str, color: Color) -> Self {
-        self.lines.push(RefLine {
-            vertical: false,
-            at: y,
-            label: label.to_string(),
-            color,
-        });
+        self.lines.push(RefLine { vertical: false, at: y, label: label.to_string(), color });
         self
     }
 
@@ -551,12 +484,7 @@ impl Plot {
                 ys.push(y);
             }
         }
-        let mm = |v: &[f64]| {
-            v.iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                    (a.min(x), b.max(x))
-                })
-        };
+        let mm = |v: &[f64]| v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
         let xr = match self.xrange {
             Some((a, b)) if b > a => (a, b),
             _ => {
@@ -568,10 +496,7 @@ impl Plot {
                 }
             }
         };
-        let yr = match self
-            .yrange
-            .and_then(|(a, b)| Some((self.ty(a)?, self.ty(b)?)))
-        {
+        let yr = match self.yrange.and_then(|(a, b)| Some((self.ty(a)?, self.ty(b)?))) {
             Some((a, b)) if b > a => (a, b),
             _ => {
                 let (a, b) = mm(&ys);
@@ -592,16 +517,8 @@ impl Plot {
         let (w, h) = (self.width, self.height);
         let mut cv = Canvas::new(w, h);
         let ((xlo, xhi), (ylo, yhi)) = self.ranges();
-        let title_scale = if w >= 480 && text_width(&self.title, 2) <= w as i64 - 20 {
-            2
-        } else {
-            1
-        };
-        let top = if self.title.is_empty() {
-            12
-        } else {
-            10 + 8 * title_scale + 10
-        };
+        let title_scale = if w >= 480 && text_width(&self.title, 2) <= w as i64 - 20 { 2 } else { 1 };
+        let top = if self.title.is_empty() { 12 } else { 10 + 8 * title_scale + 10 };
         let bottom = 6 + 4 + 8 + 8 + if self.xlabel.is_empty() { 0 } else { 8 + 8 };
         // y tick labels decide the left margin
         let h_est = (h as i64 - top - bottom).max(40) as usize;
@@ -610,19 +527,10 @@ impl Plot {
         } else {
             (linear_ticks(ylo, yhi, (h_est / 45).clamp(2, 10)), vec![])
         };
-        let ytw = yticks
-            .iter()
-            .map(|(_, s)| text_width(s, 1))
-            .max()
-            .unwrap_or(8);
+        let ytw = yticks.iter().map(|(_, s)| text_width(s, 1)).max().unwrap_or(8);
         let left = 8 + if self.ylabel.is_empty() { 0 } else { 8 + 8 } + ytw + 4 + 6;
         let right = 20;
-        let r = Rect {
-            x0: left as f64,
-            y0: top as f64,
-            x1: (w as i64 - right) as f64,
-            y1: (h as i64 - bottom) as f64,
-        };
+        let r = Rect { x0: left as f64, y0: top as f64, x1: (w as i64 - right) as f64, y1: (h as i64 - bottom) as f64 };
         let (pw, ph) = (r.x1 - r.x0, r.y1 - r.y0);
         let xticks = linear_ticks(xlo, xhi, ((pw / 90.0) as usize).clamp(2, 10));
         let px = |x: f64| r.x0 + (x - xlo) / (xhi - xlo) * pw;
@@ -634,13 +542,7 @@ impl Plot {
             cv.fill_rect(x, r.y0 as i64, x + 1, r.y1 as i64, GRID, 1.0);
             cv.fill_rect(x, r.y1 as i64, x + 1, r.y1 as i64 + 5, FRAME, 1.0);
             let tw = text_width(s, 1);
-            cv.text(
-                (x - tw / 2).clamp(0, w as i64 - tw),
-                r.y1 as i64 + 8,
-                s,
-                BLACK,
-                1,
-            );
+            cv.text((x - tw / 2).clamp(0, w as i64 - tw), r.y1 as i64 + 8, s, BLACK, 1);
         }
         for v in &yminor {
             let y = py(*v).floor() as i64;
@@ -655,18 +557,10 @@ impl Plot {
 
         // reference lines (dashed), then series
         for l in &self.lines {
-            let Some(v) = (if l.vertical {
-                l.at.is_finite().then_some(l.at)
-            } else {
-                self.ty(l.at)
-            }) else {
+            let Some(v) = (if l.vertical { l.at.is_finite().then_some(l.at) } else { self.ty(l.at) }) else {
                 continue;
             };
-            let (a, b) = if l.vertical {
-                ((px(v), r.y1), (px(v), r.y0))
-            } else {
-                ((r.x0, py(v)), (r.x1, py(v)))
-            };
+            let (a, b) = if l.vertical { ((px(v), r.y1), (px(v), r.y0)) } else { ((r.x0, py(v)), (r.x1, py(v))) };
             let len = ((b.0 - a.0).powi(2) + (b.1 - a.1).powi(2)).sqrt();
             let mut t = 0.0;
             while t < len {
@@ -706,22 +600,10 @@ impl Plot {
 
         // title and axis labels
         let tw = text_width(&self.title, title_scale);
-        cv.text(
-            ((w as i64 - tw) / 2).max(2),
-            10,
-            &self.title,
-            BLACK,
-            title_scale,
-        );
+        cv.text(((w as i64 - tw) / 2).max(2), 10, &self.title, BLACK, title_scale);
         if !self.xlabel.is_empty() {
             let tw = text_width(&self.xlabel, 1);
-            cv.text(
-                ((fx0 + fx1 - tw) / 2).max(2),
-                h as i64 - 8 - 8,
-                &self.xlabel,
-                BLACK,
-                1,
-            );
+            cv.text(((fx0 + fx1 - tw) / 2).max(2), h as i64 - 8 - 8, &self.xlabel, BLACK, 1);
         }
         if !self.ylabel.is_empty() {
             let th = text_width(&self.ylabel, 1);
@@ -732,13 +614,7 @@ impl Plot {
         cv
     }
 
-    fn draw_legend(
-        &self,
-        cv: &mut Canvas,
-        r: Rect,
-        px: &dyn Fn(f64) -> f64,
-        py: &dyn Fn(f64) -> f64,
-    ) {
+    fn draw_legend(&self, cv: &mut Canvas, r: Rect, px: &dyn Fn(f64) -> f64, py: &dyn Fn(f64) -> f64) {
         // entries: (label, colour, dashed, marker)
         let mut entries: Vec<(String, Color, bool, bool)> = Vec::new();
         for s in self.series.iter().filter(|s| !s.name.is_empty()) {
@@ -753,15 +629,7 @@ impl Plot {
             return;
         }
         let row = 14.0;
-        let bw = 8.0
-            + 22.0
-            + 6.0
-            + entries
-                .iter()
-                .map(|e| text_width(&e.0, 1))
-                .max()
-                .unwrap_or(0) as f64
-            + 8.0;
+        let bw = 8.0 + 22.0 + 6.0 + entries.iter().map(|e| text_width(&e.0, 1)).max().unwrap_or(0) as f64 + 8.0;
         let bh = 6.0 + row * entries.len() as f64 + 2.0;
         let m = 6.0;
         let (cx, cy) = ((r.x0 + r.x1 - bw) / 2.0, (r.y0 + r.y1 - bh) / 2.0);
@@ -802,16 +670,10 @@ impl Plot {
         let count = |bx: f64, by: f64| {
             samples
                 .iter()
-                .filter(|&&(qx, qy)| {
-                    qx >= bx - 2.0 && qx <= bx + bw + 2.0 && qy >= by - 2.0 && qy <= by + bh + 2.0
-                })
+                .filter(|&&(qx, qy)| qx >= bx - 2.0 && qx <= bx + bw + 2.0 && qy >= by - 2.0 && qy <= by + bh + 2.0)
                 .count()
         };
-        let (bx, by) = candidates
-            .iter()
-            .copied()
-            .min_by_key(|&(x, y)| count(x, y))
-            .unwrap();
+        let (bx, by) = candidates.iter().copied().min_by_key(|&(x, y)| count(x, y)).unwrap();
         let (x0, y0) = (bx.round() as i64, by.round() as i64);
         let (x1, y1) = ((bx + bw).round() as i64, (by + bh).round() as i64);
         cv.fill_rect(x0, y0, x1, y1, WHITE, 0.9);
@@ -819,12 +681,7 @@ impl Plot {
         cv.fill_rect(x0, y1 - 1, x1, y1, GRID, 1.0);
         cv.fill_rect(x0, y0, x0 + 1, y1, GRID, 1.0);
         cv.fill_rect(x1 - 1, y0, x1, y1, GRID, 1.0);
-        let clip = Rect {
-            x0: x0 as f64,
-            y0: y0 as f64,
-            x1: x1 as f64,
-            y1: y1 as f64,
-        };
+        let clip = Rect { x0: x0 as f64, y0: y0 as f64, x1: x1 as f64, y1: y1 as f64 };
         for (i, (label, c, dashed, marker)) in entries.iter().enumerate() {
             let yc = by + 6.0 + row * i as f64 + 4.0;
             let (sx0, sx1) = (bx + 8.0, bx + 30.0);
@@ -836,13 +693,7 @@ impl Plot {
             } else {
                 cv.segment((sx0, yc), (sx1, yc), 1.8, *c, clip);
             }
-            cv.text(
-                (sx1 + 6.0) as i64,
-                (yc - 4.0).round() as i64,
-                label,
-                BLACK,
-                1,
-            );
+            cv.text((sx1 + 6.0) as i64, (yc - 4.0).round() as i64, label, BLACK, 1);
         }
     }
 
@@ -854,9 +705,7 @@ impl Plot {
 
     /// Writes the plot as a PNG file, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self
-            .to_png()
-            .flat_context(|| format!("cannot write {}", path.display()))?;
+        let bytes = self.to_png().flat_context(|| format!("cannot write {}", path.display()))?;
         write_atomic_bytes(path, &bytes)
     }
 }
@@ -870,15 +719,9 @@ mod tests {
     fn ticks_are_nice() {
         let t: Vec<String> = linear_ticks(0.0, 1.0, 5).into_iter().map(|t| t.1).collect();
         assert_eq!(t, ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]);
-        let t: Vec<String> = linear_ticks(-3.3, 97.0, 4)
-            .into_iter()
-            .map(|t| t.1)
-            .collect();
+        let t: Vec<String> = linear_ticks(-3.3, 97.0, 4).into_iter().map(|t| t.1).collect();
         assert_eq!(t, ["0", "25", "50", "75"]);
-        let t: Vec<String> = linear_ticks(0.0, 0.01, 4)
-            .into_iter()
-            .map(|t| t.1)
-            .collect();
+        let t: Vec<String> = linear_ticks(0.0, 0.01, 4).into_iter().map(|t| t.1).collect();
         assert_eq!(t, ["0.0000", "0.0025", "0.0050", "0.0075", "0.0100"]);
         let t: Vec<String> = linear_ticks(0.0, 3e6, 3).into_iter().map(|t| t.1).collect();
         assert_eq!(t, ["0", "1e6", "2e6", "3e6"]);
@@ -897,9 +740,7 @@ mod tests {
     #[test]
     fn writes_a_valid_png() {
         let d = test_dir("plot");
-        let pts: Vec<(f64, f64)> = (0..200)
-            .map(|i| (i as f64, (i as f64 / 20.0).sin()))
-            .collect();
+        let pts: Vec<(f64, f64)> = (0..200).map(|i| (i as f64, (i as f64 / 20.0).sin())).collect();
         let mut with_nan = pts.clone();
         with_nan[50].1 = f64::NAN;
         with_nan[51].0 = f64::INFINITY;
@@ -919,24 +760,18 @@ mod tests {
         let non_white = im.data.iter().filter(|&&v| v < 0.99).count();
         assert!(non_white > 2000, "only {non_white} non-white samples");
         // The series colour appears (tab10 blue, allowing for anti-aliasing).
-        let cv = Plot::new("", 480, 300)
-            .series("s", &pts, palette(0))
-            .render();
+        let cv = Plot::new("", 480, 300).series("s", &pts, palette(0)).render();
         let blue = (0..cv.height)
             .flat_map(|y| (0..cv.width).map(move |x| (x, y)))
             .filter(|&(x, y)| cv.get(x, y) == palette(0))
             .count();
         assert!(blue > 200, "{blue} blue pixels");
         // Log axis with non-positive values and an empty plot do not panic.
-        let cv = Plot::new("log", 300, 200)
-            .log_y(true)
-            .series("l", &[(0.0, 0.0), (1.0, 1e-3), (2.0, 10.0)], BLACK)
-            .render();
+        let cv =
+            Plot::new("log", 300, 200).log_y(true).series("l", &[(0.0, 0.0), (1.0, 1e-3), (2.0, 10.0)], BLACK).render();
         assert!(cv.pixels.iter().any(|&v| v < 255));
         Plot::new("empty", 10, 10).render();
-        Plot::new("one", 200, 150)
-            .series("x", &[(1.0, 1.0)], BLACK)
-            .render();
+        Plot::new("one", 200, 150).series("x", &[(1.0, 1.0)], BLACK).render();
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

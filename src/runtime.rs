@@ -1,6 +1,6 @@
 //! Devices and threads.
-use std::time::Instant;
 use anyhow::{bail, Result};
+use std::time::Instant;
 use tch::{Device, Tensor};
 
 /// Make libtorch's OpenMP threads sleep, not spin, while they wait for work.
@@ -21,12 +21,12 @@ pub fn ensure_passive_openmp_wait() {
     }
     let Ok(exe) = std::env::current_exe() else { return };
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .exec();
+    let err =
+        std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_WAIT_POLICY", "PASSIVE").exec();
     // exec only returns on failure; carry on in this process.
-    eprintln!("msdiff: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); continuing with OpenMP's default");
+    eprintln!(
+        "msdiff: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); continuing with OpenMP's default"
+    );
     std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
 }
 
@@ -97,7 +97,8 @@ pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
             // `_pin_memory` directly: tch's `pin_memory`/`is_pinned` always pass a device, which
             // libtorch 2.11 warns about (deprecated) on every call. Batches are fresh host tensors,
             // never pinned yet.
-            let host = if t.device() == Device::Cpu { t.contiguous().internal_pin_memory(d) } else { t.shallow_clone() };
+            let host =
+                if t.device() == Device::Cpu { t.contiguous().internal_pin_memory(d) } else { t.shallow_clone() };
             host.to_device_(d, tch::Kind::Float, true, false)
         }
     }
@@ -108,13 +109,19 @@ pub fn batch_to_device(t: &Tensor, device: Device) -> Tensor {
 /// 2.11; older releases said "not enough memory").
 pub fn is_oom(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    ["out of memory", "outofmemoryerror", "not enough memory", "can't allocate memory", "cannot allocate memory"].iter().any(|k| m.contains(k))
+    ["out of memory", "outofmemoryerror", "not enough memory", "can't allocate memory", "cannot allocate memory"]
+        .iter()
+        .any(|k| m.contains(k))
 }
 
 /// The message of a panic payload (`panic!` with a string literal or a formatted `String`; empty
 /// for any other payload).
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("")
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("")
 }
 
 /// The allocator's own sentence out of a libtorch error (which tch may wrap as
@@ -148,11 +155,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// Run `f` once to warm up, then `repeats` times (at least once); the median wall time in s.
 pub fn time_median<F: FnMut()>(repeats: usize, mut f: F) -> f64 {
     f(); // warm-up
-    median((0..repeats.max(1)).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..repeats.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -166,7 +177,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpu}, {} libtorch threads", tch::get_num_threads())
 }

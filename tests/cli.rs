@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn msdiff(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msdiff")).args(["--quiet", "--threads", "2"]).args(args).output().expect("run msdiff")
+    Command::new(env!("CARGO_BIN_EXE_msdiff"))
+        .args(["--quiet", "--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run msdiff")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -35,8 +39,23 @@ fn sample_optimal_is_reproducible_and_batch_independent() {
     let d = tmp("sample");
     let run = |out: &Path, batch: &str| {
         let o = msdiff(&[
-            "sample", "--model", "optimal", "--data", "builtin", "--data-limit", "50", "--sampler", "ddpm", "--steps", "30",
-            "--seeds", "3-8", "--batch", batch, "--out", out.to_str().unwrap(),
+            "sample",
+            "--model",
+            "optimal",
+            "--data",
+            "builtin",
+            "--data-limit",
+            "50",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "30",
+            "--seeds",
+            "3-8",
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
@@ -58,11 +77,23 @@ fn sample_optimal_is_reproducible_and_batch_independent() {
 fn sample_bad_input_is_a_clear_error() {
     let d = tmp("sample-bad");
     let out = d.join("o");
-    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--sampler", "nope", "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        "optimal",
+        "--data-limit",
+        "20",
+        "--sampler",
+        "nope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.code() == Some(2) && stderr(&o).contains("invalid value 'nope' for '--sampler"), "{}", stderr(&o));
-    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--steps", "0", "--out", out.to_str().unwrap()]);
+    let o =
+        msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--steps", "0", "--out", out.to_str().unwrap()]);
     assert_user_error(&o, "steps");
-    let o = msdiff(&["sample", "--model", "optimal", "--data", "mnist:/nonexistent/dir", "--out", out.to_str().unwrap()]);
+    let o =
+        msdiff(&["sample", "--model", "optimal", "--data", "mnist:/nonexistent/dir", "--out", out.to_str().unwrap()]);
     assert_user_error(&o, "/nonexistent/dir");
     // A truncated IDX file.
     let idx = d.join("bad-idx");
@@ -70,23 +101,62 @@ fn sample_bad_input_is_a_clear_error() {
     let mut bytes = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
     bytes.extend(std::iter::repeat_n(7u8, 100));
     std::fs::write(idx.join("train-images-idx3-ubyte"), &bytes).unwrap();
-    let o = msdiff(&["sample", "--model", "optimal", "--data", &format!("idx:{}", idx.join("train-images-idx3-ubyte").display()), "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        "optimal",
+        "--data",
+        &format!("idx:{}", idx.join("train-images-idx3-ubyte").display()),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // Unreadable --init-noise.
     let noise = d.join("noise.npy");
     std::fs::write(&noise, b"not an npy file").unwrap();
-    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        "optimal",
+        "--data-limit",
+        "20",
+        "--init-noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_user_error(&o, "init-noise");
     // An --init-noise of the right shape but integers (an image, not x_T).
-    msdiff::io::npy::write_npy(&noise, &tch::Tensor::zeros([2, 1, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu))).unwrap();
-    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    msdiff::io::npy::write_npy(&noise, &tch::Tensor::zeros([2, 1, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu)))
+        .unwrap();
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        "optimal",
+        "--data-limit",
+        "20",
+        "--init-noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_user_error(&o, "must be a float array");
     assert!(!out.join("samples.npy").exists(), "no output may be written on error");
     // A checkpoint that does not exist.
     let o = msdiff(&["sample", "--model", d.join("nothing").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_user_error(&o, "does not exist");
     // More images than one call holds (the seed list alone would be 800 GB).
-    let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--n", "99999999999", "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        "optimal",
+        "--data-limit",
+        "20",
+        "--n",
+        "99999999999",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_user_error(&o, "--n 99999999999 is too large");
     // Images that are neither grey nor RGB: a [4, 2, 8, 8] .npy.
     let npy = d.join("two-channels.npy");
@@ -101,10 +171,28 @@ fn sample_into_a_used_folder_leaves_no_stale_images() {
     let d = tmp("sample-again");
     let out = d.join("o");
     for n in ["6", "2"] {
-        let o = msdiff(&["sample", "--model", "optimal", "--data-limit", "20", "--sampler", "ddim", "--steps", "3", "--n", n, "--out", out.to_str().unwrap()]);
+        let o = msdiff(&[
+            "sample",
+            "--model",
+            "optimal",
+            "--data-limit",
+            "20",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--n",
+            n,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let mut names: Vec<String> = std::fs::read_dir(out.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(out.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     names.sort();
     assert_eq!(names, ["000000.png", "000001.png"]);
 }
@@ -120,7 +208,16 @@ fn cluster_writes_a_split_and_refuses_bad_options() {
     let out = d.join("opt.json");
     let plot = d.join("opt.png");
     let o = msdiff(&[
-        "cluster", "--data", "builtin", "--data-limit", "500", "--samples", "300", "--out", out.to_str().unwrap(), "--plot",
+        "cluster",
+        "--data",
+        "builtin",
+        "--data-limit",
+        "500",
+        "--samples",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+        "--plot",
         plot.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -135,7 +232,10 @@ fn cluster_writes_a_split_and_refuses_bad_options() {
         (vec!["--stages", "999999999"], "between 2 and 64"),
         (vec!["--method", "snr", "--grid", "999999999999"], "--grid must be at most"),
         (vec!["--samples", "10"], "too few"),
-        (vec!["--method", "kmeans"], "invalid value 'kmeans' for '--method <METHOD>' [possible values: optimal, uniform, snr]"),
+        (
+            vec!["--method", "kmeans"],
+            "invalid value 'kmeans' for '--method <METHOD>' [possible values: optimal, uniform, snr]",
+        ),
     ] {
         let mut a = vec!["cluster", "--data-limit", "100", "--out", "/dev/null/never"];
         a.extend(args);
@@ -167,15 +267,28 @@ fn info_reports_the_paper_model() {
     assert!(s.contains("237169337") || s.contains("237,169,337"), "{s}");
     // A 3-stage split means nothing to a one-decoder net.
     let split = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/split-fashion-mnist.json");
-    assert_user_error(&msdiff(&["info", "--preset", "small-unified", "--split", split.to_str().unwrap()]), "1 decoder(s)");
+    assert_user_error(
+        &msdiff(&["info", "--preset", "small-unified", "--split", split.to_str().unwrap()]),
+        "1 decoder(s)",
+    );
 }
 
 #[test]
 fn demo_runs_end_to_end() {
     let d = tmp("demo");
-    let o = msdiff(&["demo", "--steps", "12", "--cluster-samples", "200", "--samples", "9", "--out", d.to_str().unwrap()]);
+    let o =
+        msdiff(&["demo", "--steps", "12", "--cluster-samples", "200", "--samples", "9", "--out", d.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["report.md", "samples.png", "split.png", "split.json", "loss.png", "data.png", "run/config.toml", "run/metrics.jsonl"] {
+    for f in [
+        "report.md",
+        "samples.png",
+        "split.png",
+        "split.json",
+        "loss.png",
+        "data.png",
+        "run/config.toml",
+        "run/metrics.jsonl",
+    ] {
         assert!(d.join(f).is_file(), "demo did not write {f}");
     }
 }
@@ -191,7 +304,17 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     .unwrap();
     let run = d.join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_msdiff"))
-        .args(["--quiet", "--threads", "1", "train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()])
+        .args([
+            "--quiet",
+            "--threads",
+            "1",
+            "train",
+            "--no-samples",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--run",
+            run.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -264,13 +387,18 @@ fn fetched_assets_are_found_without_flags_and_their_absence_is_one_clear_line() 
     std::fs::create_dir_all(&work).unwrap();
     let out = d.join("s");
     let sample = |spec: &str| {
-        let args = ["sample", "--model", "optimal", "--data", spec, "--sampler", "ddpm", "--steps", "2", "--seeds", "0-1"];
+        let args =
+            ["sample", "--model", "optimal", "--data", spec, "--sampler", "ddpm", "--steps", "2", "--seeds", "0-1"];
         msdiff_with_cache(&work, &cache, &[&args[..], &["--out", out.to_str().unwrap()]].concat())
     };
     for (spec, name) in [("mnist", "mnist"), ("fashion-mnist:test", "fashion-mnist")] {
         assert_user_error(&sample(spec), &format!("run scripts/fetch-assets {name} "));
     }
-    let o = msdiff_with_cache(&work, &cache, &["fid", "stats", "--data", "builtin", "--limit", "4", "--out", "x.safetensors"]);
+    let o = msdiff_with_cache(
+        &work,
+        &cache,
+        &["fid", "stats", "--data", "builtin", "--limit", "4", "--out", "x.safetensors"],
+    );
     assert_user_error(&o, "run scripts/fetch-assets fid-weights");
     assert!(!work.join("x.safetensors").exists());
     // A fetched MNIST (four tiny IDX files): `mnist` and `mnist:test` find it.
@@ -279,8 +407,13 @@ fn fetched_assets_are_found_without_flags_and_their_absence_is_one_clear_line() 
     use msdiff::data::idx::{encode_idx, IMAGES_MAGIC, LABELS_MAGIC};
     for (prefix, n) in [("train", 3u32), ("t10k", 2)] {
         let px: Vec<u8> = (0..n * 4 * 4).map(|i| (i * 7) as u8).collect();
-        std::fs::write(m.join(format!("{prefix}-images-idx3-ubyte")), encode_idx(IMAGES_MAGIC, &[n, 4, 4], &px)).unwrap();
-        std::fs::write(m.join(format!("{prefix}-labels-idx1-ubyte")), encode_idx(LABELS_MAGIC, &[n], &vec![1; n as usize])).unwrap();
+        std::fs::write(m.join(format!("{prefix}-images-idx3-ubyte")), encode_idx(IMAGES_MAGIC, &[n, 4, 4], &px))
+            .unwrap();
+        std::fs::write(
+            m.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode_idx(LABELS_MAGIC, &[n], &vec![1; n as usize]),
+        )
+        .unwrap();
     }
     for spec in ["mnist", "mnist:test", "mnist:train"] {
         let o = sample(spec);
@@ -307,11 +440,34 @@ fn eval_is_reproducible_and_logs_what_it_measured() {
     let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let reference = d.join("ref.safetensors");
-    let o = msdiff(&["fid", "stats", "--data", "builtin", "--limit", "16", "--weights", w, "--fid-batch", "16", "--out", reference.to_str().unwrap()]);
+    let o = msdiff(&[
+        "fid",
+        "stats",
+        "--data",
+        "builtin",
+        "--limit",
+        "16",
+        "--weights",
+        w,
+        "--fid-batch",
+        "16",
+        "--out",
+        reference.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = d.join("fid.jsonl");
     let eval = |reference: &Path, extra: &[&str]| {
-        let mut args = vec!["eval", "--checkpoint", run.to_str().unwrap(), "--ref", reference.to_str().unwrap(), "--n", "6", "--sampler", "euler"];
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--ref",
+            reference.to_str().unwrap(),
+            "--n",
+            "6",
+            "--sampler",
+            "euler",
+        ];
         args.extend(["--steps", "3", "--weights", w, "--fid-batch", "6", "--log", log.to_str().unwrap()]);
         args.extend(extra);
         msdiff(&args)
@@ -333,7 +489,11 @@ fn eval_is_reproducible_and_logs_what_it_measured() {
     for (i, (precision, seeds)) in [("bf16", "0-5"), ("bf16", "0-5"), ("fp32", "6-11")].into_iter().enumerate() {
         let l = &lines[i];
         assert_eq!((l["precision"].as_str(), l["seeds"].as_str()), (Some(precision), Some(seeds)), "{l}");
-        assert_eq!((l["step"].as_u64(), l["n"].as_u64(), l["n_ref"].as_u64(), l["ema"].as_bool()), (Some(2), Some(6), Some(16), Some(true)), "{l}");
+        assert_eq!(
+            (l["step"].as_u64(), l["n"].as_u64(), l["n_ref"].as_u64(), l["ema"].as_bool()),
+            (Some(2), Some(6), Some(16), Some(true)),
+            "{l}"
+        );
         assert_eq!(l["sampler"]["kind"].as_str(), Some("euler"), "{l}");
     }
     // A corrupt reference: one error line, nothing appended.
@@ -366,7 +526,20 @@ fn sample_output_feeds_fid_stats() {
     let d = tmp("roundtrip");
     let run = tiny_run(&d, 2, "multistage");
     let out = d.join("s");
-    let o = msdiff(&["sample", "--model", run.to_str().unwrap(), "--raw", "--sampler", "euler", "--steps", "3", "--n", "6", "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        run.to_str().unwrap(),
+        "--raw",
+        "--sampler",
+        "euler",
+        "--steps",
+        "3",
+        "--n",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let raw = msdiff::io::npy::read_npy(&out.join("raw.npy")).unwrap();
     let shown = msdiff::io::npy::read_npy(&out.join("samples.npy")).unwrap();
@@ -375,7 +548,18 @@ fn sample_output_feeds_fid_stats() {
     assert_eq!(shown, raw.clamp(-1.0, 1.0));
     let Some(weights) = fid_weights() else { return };
     let stats = d.join("s.safetensors");
-    let o = msdiff(&["fid", "stats", "--images", out.join("samples.npy").to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--fid-batch", "6", "--out", stats.to_str().unwrap()]);
+    let o = msdiff(&[
+        "fid",
+        "stats",
+        "--images",
+        out.join("samples.npy").to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--fid-batch",
+        "6",
+        "--out",
+        stats.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stats.is_file());
 }
@@ -388,7 +572,17 @@ fn val_loss_scores_every_checkpoint_reproducibly() {
     let run = tiny_run(&d, 4, "multistage");
     let log = d.join("val.jsonl");
     let args = |extra: &[&str]| {
-        let mut a = vec!["val-loss", "--checkpoint", run.to_str().unwrap(), "--data", "builtin", "--limit", "12", "--batch", "5"];
+        let mut a = vec![
+            "val-loss",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            "builtin",
+            "--limit",
+            "12",
+            "--batch",
+            "5",
+        ];
         a.extend_from_slice(extra);
         msdiff(&a)
     };
@@ -407,7 +601,17 @@ fn val_loss_scores_every_checkpoint_reproducibly() {
     let unified = tiny_run(&u, 2, "unified");
     let o = msdiff(&["val-loss", "--checkpoint", unified.to_str().unwrap(), "--data", "builtin", "--limit", "4"]);
     assert_user_error(&o, "give --split or --cuts");
-    let o = msdiff(&["val-loss", "--checkpoint", unified.to_str().unwrap(), "--data", "builtin", "--limit", "4", "--cuts", "0.442,0.631"]);
+    let o = msdiff(&[
+        "val-loss",
+        "--checkpoint",
+        unified.to_str().unwrap(),
+        "--data",
+        "builtin",
+        "--limit",
+        "4",
+        "--cuts",
+        "0.442,0.631",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 

@@ -27,14 +27,20 @@ fn phi(x: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806
-                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
 }
 
 /// Two points y = -c 1 and +c 1 in D dimensions (equal weight). For x~ = y_a + sigma z with
@@ -49,7 +55,13 @@ fn expected_s(sigma: f64, c: f64, d: f64, eta: f64) -> (f64, f64) {
     let r = eta * sigma / c;
     let k = sigma / (c * d.sqrt());
     let shift = c * c * d / (sigma * sigma);
-    let s0 = if r >= 2.0 { 1.0 } else if r <= 0.0 { 0.0 } else { phi(((r - 1.0).atanh() + shift) * k) };
+    let s0 = if r >= 2.0 {
+        1.0
+    } else if r <= 0.0 {
+        0.0
+    } else {
+        phi(((r - 1.0).atanh() + shift) * k)
+    };
     let s1 = if r >= 1.0 { 1.0 } else { phi((r.atanh() + shift) * k) - phi((-r.atanh() + shift) * k) };
     (s0, s1)
 }
@@ -57,7 +69,10 @@ fn expected_s(sigma: f64, c: f64, d: f64, eta: f64) -> (f64, f64) {
 #[test]
 fn two_point_set_matches_the_analytic_curves_and_cuts() {
     let (c, d, eta) = (0.5f64, 16i64, 0.05f64);
-    let pts = Tensor::cat(&[Tensor::full([1, d], -c, (Kind::Float, Device::Cpu)), Tensor::full([1, d], c, (Kind::Float, Device::Cpu))], 0);
+    let pts = Tensor::cat(
+        &[Tensor::full([1, d], -c, (Kind::Float, Device::Cpu)), Tensor::full([1, d], c, (Kind::Float, Device::Cpu))],
+        0,
+    );
     let p = vp();
     let opts = OptimalOptions { alpha: 0.9, eta, samples: 6000, seed: 11, scale: DataScale::Symmetric, t_min: 1e-3 };
     let curves = agreement_curves(&pts, &p, &opts, Device::Cpu, |_| {}).unwrap();
@@ -67,7 +82,10 @@ fn two_point_set_matches_the_analytic_curves_and_cuts() {
         let (lo, hi) = (b as f64 / 20.0, (b + 1) as f64 / 20.0);
         let idx: Vec<usize> = (0..curves.t.len()).filter(|&i| curves.t[i] >= lo && curves.t[i] < hi).collect();
         let mean = |v: &Vec<f64>| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
-        let want = idx.iter().map(|&i| expected_s(p.sigma(curves.t[i]), c, d as f64, eta)).fold((0.0, 0.0), |a, e| (a.0 + e.0, a.1 + e.1));
+        let want = idx
+            .iter()
+            .map(|&i| expected_s(p.sigma(curves.t[i]), c, d as f64, eta))
+            .fold((0.0, 0.0), |a, e| (a.0 + e.0, a.1 + e.1));
         let (w0, w1) = (want.0 / idx.len() as f64, want.1 / idx.len() as f64);
         assert!((mean(&curves.s0) - w0).abs() < 0.09, "bin {b}: S0 {} vs {w0}", mean(&curves.s0));
         assert!((mean(&curves.s1) - w1).abs() < 0.09, "bin {b}: S1 {} vs {w1}", mean(&curves.s1));

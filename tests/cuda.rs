@@ -4,8 +4,8 @@
 mod common;
 
 use msdiff::data::{self, Dataset, LoadOptions};
-use msdiff::runtime::Precision;
 use msdiff::model::{Loaded, Network};
+use msdiff::runtime::Precision;
 use msdiff::train::{checkpoint, trainer, ResolvedConfig, TrainConfig, TrainOptions};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -121,7 +121,18 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
         return;
     }
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_msdiff"))
-        .args(["--quiet", "--device", "cuda", "sample", "--model", "optimal", "--data", "builtin", "--data-limit", "10"])
+        .args([
+            "--quiet",
+            "--device",
+            "cuda",
+            "sample",
+            "--model",
+            "optimal",
+            "--data",
+            "builtin",
+            "--data-limit",
+            "10",
+        ])
         .args(["--n", "2", "--steps", "2", "--no-images", "--out"])
         .arg(common::tmp("cuda-nodev"))
         .output()

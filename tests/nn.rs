@@ -1,9 +1,7 @@
 //! Tests of the multi-decoder U-Net (src/nn). Expected parameter counts and GFLOPs are from
 //! docs/METHOD.md §4 (the official multistage code's instantiated counts).
 
-use msdiff::nn::{
-    report, Architecture, DecoderAttn, MultiStageUNet, Resample, ResampleWith, UNetConfig, PRESETS,
-};
+use msdiff::nn::{report, Architecture, DecoderAttn, MultiStageUNet, Resample, ResampleWith, UNetConfig, PRESETS};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -99,11 +97,8 @@ fn paper_preset_counts_match_spec_varstore() {
 
 fn variant_configs() -> Vec<UNetConfig> {
     let tiny = UNetConfig::preset("tiny").unwrap();
-    let mut v: Vec<UNetConfig> = PRESETS
-        .iter()
-        .filter(|n| !n.starts_with("cifar10"))
-        .map(|n| UNetConfig::preset(n).unwrap())
-        .collect();
+    let mut v: Vec<UNetConfig> =
+        PRESETS.iter().filter(|n| !n.starts_with("cifar10")).map(|n| UNetConfig::preset(n).unwrap()).collect();
     v.push(UNetConfig { resample: Resample::Fir, input_pyramid: true, ..tiny.clone() });
     v.push(UNetConfig { resample_with: ResampleWith::Conv, decoder_attn: DecoderAttn::Block, ..tiny.clone() });
     v.push(UNetConfig {
@@ -288,7 +283,8 @@ fn decoder_without_samples_gets_no_gradient() {
     randomize(&vs, 5);
     let loss = net.forward(&x, &t, &stage, true).unwrap().square().mean(Kind::Float);
     loss.backward();
-    let stage_only = |j: usize| under(&vs, &[&format!("embed.{j}."), &format!("encoder.{j}."), &format!("decoder.{j}.")]);
+    let stage_only =
+        |j: usize| under(&vs, &[&format!("embed.{j}."), &format!("encoder.{j}."), &format!("decoder.{j}.")]);
     assert!(grad_norm(&stage_only(1)).is_none());
     assert!(grad_norm(&stage_only(0)).unwrap() > 0.0);
     // Nothing is shared: every variable belongs to one stage's network.

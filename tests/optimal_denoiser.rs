@@ -18,9 +18,8 @@ fn naive_mean(data: &Tensor, x: &[f64], sigma: f64) -> Vec<f64> {
     let n = data.size()[0] as usize;
     let d = data.size()[1] as usize;
     let y: Vec<f64> = Vec::<f64>::try_from(data.reshape([-1])).unwrap();
-    let logits: Vec<f64> = (0..n)
-        .map(|i| -(0..d).map(|j| (x[j] - y[i * d + j]).powi(2)).sum::<f64>() / (2.0 * sigma * sigma))
-        .collect();
+    let logits: Vec<f64> =
+        (0..n).map(|i| -(0..d).map(|j| (x[j] - y[i * d + j]).powi(2)).sum::<f64>() / (2.0 * sigma * sigma)).collect();
     let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
     let z: f64 = w.iter().sum();
@@ -122,7 +121,9 @@ fn bad_input_is_an_error() {
     let x = Tensor::zeros([2, 3], (Kind::Double, Device::Cpu));
     assert!(den.denoise(&x, &Tensor::from_slice(&[1.0, 0.0])).is_err());
     assert!(den.denoise(&x, &Tensor::from_slice(&[1.0])).is_err());
-    assert!(den.denoise(&Tensor::zeros([2, 4], (Kind::Double, Device::Cpu)), &Tensor::from_slice(&[1.0, 1.0])).is_err());
+    assert!(den
+        .denoise(&Tensor::zeros([2, 4], (Kind::Double, Device::Cpu)), &Tensor::from_slice(&[1.0, 1.0]))
+        .is_err());
     assert!(OptimalDenoiser::new(&Tensor::zeros([0, 3], (Kind::Float, Device::Cpu)), Device::Cpu).is_err());
     let nan = Tensor::from_slice(&[f64::NAN, 0.0, 0.0]).reshape([1, 3]);
     assert!(OptimalDenoiser::new(&nan, Device::Cpu).is_err());

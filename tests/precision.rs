@@ -2,8 +2,8 @@
 mod common;
 use common::{all_tensors, opts, tmp};
 use msdiff::data::Dataset;
-use msdiff::runtime::Precision;
 use msdiff::model::Loaded;
+use msdiff::runtime::Precision;
 use msdiff::train::{trainer, ResolvedConfig, TrainConfig};
 use tch::{Device, Kind};
 
@@ -79,10 +79,16 @@ fn a_bf16_sample_stays_close_to_the_fp32_sample() {
     let d = (&a - &b).abs();
     let (mean, max) = (d.mean(Kind::Double).double_value(&[]), d.max().double_value(&[]));
     let scale = a.abs().mean(Kind::Double).double_value(&[]);
-    eprintln!("bf16 vs fp32 sample: mean |diff| {mean:.2e}, max {max:.2e}, mean |x| {scale:.3}, max |x| {:.3}", a.abs().max().double_value(&[]));
+    eprintln!(
+        "bf16 vs fp32 sample: mean |diff| {mean:.2e}, max {max:.2e}, mean |x| {scale:.3}, max |x| {:.3}",
+        a.abs().max().double_value(&[])
+    );
     assert!(mean > 0.0, "bf16 sampling must actually run in bf16");
     // A 20-step model's samples are far from [-1, 1] (|x| ~ 100 here), so the bound is relative:
     // bf16 keeps 8 bits of mantissa (relative step 2^-8 = 3.9e-3); measured 4e-4 mean, 3e-3 max.
     let peak = a.abs().max().double_value(&[]);
-    assert!(mean < 4e-3 * scale && max < 2e-2 * peak, "bf16 sample too far from fp32: mean {mean}, max {max} (scale {scale}, peak {peak})");
+    assert!(
+        mean < 4e-3 * scale && max < 2e-2 * peak,
+        "bf16 sample too far from fp32: mean {mean}, max {max} (scale {scale}, peak {peak})"
+    );
 }

@@ -98,26 +98,26 @@ fn pf_ode_closed_form_gaussian() {
     use SamplerKind::*;
     let log = Some(Spacing::LogSnr);
     let cases: &[(SamplerKind, Option<Spacing>, usize, &str, f64)] = &[
-        (Ddim, None, 200, "vp", 5e-2),          // observed 1.6e-2
-        (Ddim, log, 200, "vp", 5e-2),           // 2.3e-2
-        (DpmSolver1, None, 200, "vp", 5e-2),    // 2.3e-2
-        (DpmSolver2, None, 200, "vp", 3e-3),    // 1.1e-3
-        (DpmSolver3, None, 200, "vp", 2e-5),    // 7.4e-6
-        (DpmSolver3, None, 20, "vp", 3e-2),     // 1.4e-2 (the paper's 20 NFE setting)
-        (DpmSolverPp2M, None, 200, "vp", 2e-2), // 7.5e-3
-        (DpmSolverPp2M, log, 200, "vp", 1e-3),  // 2.7e-4
+        (Ddim, None, 200, "vp", 5e-2),               // observed 1.6e-2
+        (Ddim, log, 200, "vp", 5e-2),                // 2.3e-2
+        (DpmSolver1, None, 200, "vp", 5e-2),         // 2.3e-2
+        (DpmSolver2, None, 200, "vp", 3e-3),         // 1.1e-3
+        (DpmSolver3, None, 200, "vp", 2e-5),         // 7.4e-6
+        (DpmSolver3, None, 20, "vp", 3e-2),          // 1.4e-2 (the paper's 20 NFE setting)
+        (DpmSolverPp2M, None, 200, "vp", 2e-2),      // 7.5e-3
+        (DpmSolverPp2M, log, 200, "vp", 1e-3),       // 2.7e-4
         (DpmSolverPp3MExact, None, 200, "vp", 2e-2), // 9.2e-3
         (DpmSolverPp3MExact, log, 200, "vp", 1e-6),  // 3.5e-7
         (DpmSolverPp3M, None, 200, "vp", 1e-2),      // 3.4e-3 (the reference's 3M: order 2)
         (DpmSolverPp3M, log, 200, "vp", 3e-4),       // 9.2e-5
-        (Euler, None, 200, "vp", 5e-2),         // 2.4e-2
-        (Heun, None, 100, "vp", 5e-3),          // 2.2e-3
-        (Euler, None, 200, "edm", 5e-2),        // 2.3e-2
-        (Heun, None, 100, "edm", 5e-3),         // 2.1e-3
-        (Heun, None, 18, "edm", 0.2),           // 7.7e-2 (EDM's 35 NFE setting)
-        (Ddim, log, 200, "edm", 5e-2),          // 2.5e-2
-        (DpmSolver3, None, 200, "edm", 3e-5),   // 1.0e-5
-        (DpmSolverPp2M, log, 200, "edm", 1e-3), // 3.3e-4
+        (Euler, None, 200, "vp", 5e-2),              // 2.4e-2
+        (Heun, None, 100, "vp", 5e-3),               // 2.2e-3
+        (Euler, None, 200, "edm", 5e-2),             // 2.3e-2
+        (Heun, None, 100, "edm", 5e-3),              // 2.1e-3
+        (Heun, None, 18, "edm", 0.2),                // 7.7e-2 (EDM's 35 NFE setting)
+        (Ddim, log, 200, "edm", 5e-2),               // 2.5e-2
+        (DpmSolver3, None, 200, "edm", 3e-5),        // 1.0e-5
+        (DpmSolverPp2M, log, 200, "edm", 1e-3),      // 3.3e-4
         (DpmSolverPp3MExact, log, 200, "edm", 1e-6), // 2.5e-7
         (DpmSolverPp3M, log, 200, "edm", 3e-4),      // 1.1e-4
     ];
@@ -233,13 +233,21 @@ fn gaussian_moments() {
     let mut configs = Vec::new();
     configs.push(SamplerConfig::new(SamplerKind::Ddpm, 1000)); // default time-uniform grid
     configs.push(log(SamplerConfig::new(SamplerKind::Ddpm, 250)));
-    configs.push(log(SamplerConfig { ddpm_variance: DdpmVariance::Forward, ..SamplerConfig::new(SamplerKind::Ddpm, 250) }));
+    configs.push(log(SamplerConfig {
+        ddpm_variance: DdpmVariance::Forward,
+        ..SamplerConfig::new(SamplerKind::Ddpm, 250)
+    }));
     configs.push(log(SamplerConfig { eta: 1.0, ..SamplerConfig::new(SamplerKind::Ddim, 250) }));
     configs.push(log(SamplerConfig { eta: 0.5, ..SamplerConfig::new(SamplerKind::Ddim, 250) }));
     configs.push(SamplerConfig::new(SamplerKind::DpmSolver3, 20));
     configs.push(log(SamplerConfig::new(SamplerKind::DpmSolverPp2M, 50)));
     configs.push(SamplerConfig::new(SamplerKind::Heun, 80));
-    configs.push(SamplerConfig { s_churn: 40.0, s_tmin: 0.05, s_tmax: 50.0, ..SamplerConfig::new(SamplerKind::Heun, 80) });
+    configs.push(SamplerConfig {
+        s_churn: 40.0,
+        s_tmin: 0.05,
+        s_tmax: 50.0,
+        ..SamplerConfig::new(SamplerKind::Heun, 80)
+    });
     configs.push(SamplerConfig::new(SamplerKind::Euler, 400));
     for cfg in &configs {
         let (z, mut st) = prior(&seeds(n), &[4]);
@@ -317,7 +325,8 @@ fn optimal_denoiser_lands_on_training_points() {
                     let (z, mut st) = prior(&[1, 2, 3, 4, 5, 6], &[16]);
                     let out = sample(&cfg, &den, &p, &z, &mut st).unwrap();
                     let (t_end, _) = cfg.range(&p);
-                    let x_tilde = if jump || kind.is_edm_family() { out.x.shallow_clone() } else { &out.x / p.scale(t_end) };
+                    let x_tilde =
+                        if jump || kind.is_edm_family() { out.x.shallow_clone() } else { &out.x / p.scale(t_end) };
                     let bound = if jump || kind.is_edm_family() { 1e-9 } else { 10.0 * p.sigma(t_end) * 4.0 };
                     for (i, (d1, d2)) in nearest(&x_tilde, &stored).into_iter().enumerate() {
                         assert!(
@@ -537,8 +546,8 @@ fn golden_karras_sigmas() {
     }
     assert_eq!(pl.sigma[18], 0.0);
     assert_eq!(pl.t, pl.sigma); // EDM: t = sigma
-    // On VP, Karras runs from sigma(t_start) = 152.1669702839464 to sigma(1e-3) = 0.010485992786706403
-    // (Python: sqrt(exp(-2 log alpha_t) - 1)).
+                                // On VP, Karras runs from sigma(t_start) = 152.1669702839464 to sigma(1e-3) = 0.010485992786706403
+                                // (Python: sqrt(exp(-2 log alpha_t) - 1)).
     let pl = plan(&SamplerConfig::new(SamplerKind::Euler, 18), &vp()).unwrap();
     assert!((pl.sigma[0] - 152.1669702839464).abs() < 1e-9);
     assert!((pl.sigma[17] - 0.010485992786706403).abs() < 1e-14);
@@ -656,7 +665,8 @@ fn families_are_callable_with_an_evaluator() {
     let g = gaussian();
     let p = vp();
     let (z, st) = prior(&seeds(3), &[4]);
-    let cfg = SamplerConfig { spacing: Some(Spacing::LogSnr), ..SamplerConfig::new(SamplerKind::DpmSolverPp3MExact, 12) };
+    let cfg =
+        SamplerConfig { spacing: Some(Spacing::LogSnr), ..SamplerConfig::new(SamplerKind::DpmSolverPp3MExact, 12) };
     let want = sample(&cfg, &g, &p, &z, &mut st.clone()).unwrap();
     let pl = plan(&cfg, &p).unwrap();
     let mut ev = Evaluator::new(&g, "mine", &z);
@@ -715,7 +725,8 @@ fn names_and_serde() {
     assert_eq!(c, SamplerConfig::new(SamplerKind::DpmSolver3, 20));
     assert!(serde_json::from_str::<SamplerConfig>(r#"{"kind":"ddim","steps":20,"etaa":1}"#).is_err());
     // TOML too.
-    let c: SamplerConfig = toml::from_str("kind = \"dpm-solver++-2m\"\nsteps = 20\nspacing = \"logsnr\"\nt_end = 1e-4\n").unwrap();
+    let c: SamplerConfig =
+        toml::from_str("kind = \"dpm-solver++-2m\"\nsteps = 20\nspacing = \"logsnr\"\nt_end = 1e-4\n").unwrap();
     assert_eq!(c.spacing, Some(Spacing::LogSnr));
     assert_eq!(c.t_end, Some(1e-4));
     let s = toml::to_string(&cfg).unwrap();
@@ -814,7 +825,8 @@ struct SamplerCli {
 
 fn cli_config(args: &[&str]) -> Result<SamplerConfig, String> {
     use clap::Parser;
-    let cli = SamplerCli::try_parse_from(std::iter::once("msdiff").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+    let cli =
+        SamplerCli::try_parse_from(std::iter::once("msdiff").chain(args.iter().copied())).map_err(|e| e.to_string())?;
     cli.sampler.config().map_err(|e| format!("{e:#}"))
 }
 
@@ -824,11 +836,39 @@ fn cli_config(args: &[&str]) -> Result<SamplerConfig, String> {
 fn cli_sampler_flags() {
     // Defaults: SamplerConfig's.
     assert_eq!(cli_config(&[]).unwrap(), SamplerConfig::new(SamplerKind::DpmSolver3, 20));
-    let c = cli_config(&["--sampler", "heun", "--steps", "18", "--s-churn", "40", "--s-tmin", "0.05", "--s-tmax", "50", "--s-noise", "1.003", "--rho", "5"]).unwrap();
-    let want = SamplerConfig { s_churn: 40.0, s_tmin: 0.05, s_tmax: 50.0, s_noise: 1.003, rho: 5.0, ..SamplerConfig::new(SamplerKind::Heun, 18) };
+    let c = cli_config(&[
+        "--sampler",
+        "heun",
+        "--steps",
+        "18",
+        "--s-churn",
+        "40",
+        "--s-tmin",
+        "0.05",
+        "--s-tmax",
+        "50",
+        "--s-noise",
+        "1.003",
+        "--rho",
+        "5",
+    ])
+    .unwrap();
+    let want = SamplerConfig {
+        s_churn: 40.0,
+        s_tmin: 0.05,
+        s_tmax: 50.0,
+        s_noise: 1.003,
+        rho: 5.0,
+        ..SamplerConfig::new(SamplerKind::Heun, 18)
+    };
     assert_eq!(c, want);
-    let c = cli_config(&["--sampler", "ddim", "--eta", "0.5", "--spacing", "karras", "--rho", "3", "--denoise-to-zero"]).unwrap();
-    assert_eq!((c.kind, c.eta, c.spacing, c.rho, c.denoise_to_zero), (SamplerKind::Ddim, 0.5, Some(Spacing::Karras), 3.0, true));
+    let c =
+        cli_config(&["--sampler", "ddim", "--eta", "0.5", "--spacing", "karras", "--rho", "3", "--denoise-to-zero"])
+            .unwrap();
+    assert_eq!(
+        (c.kind, c.eta, c.spacing, c.rho, c.denoise_to_zero),
+        (SamplerKind::Ddim, 0.5, Some(Spacing::Karras), 3.0, true)
+    );
     let c = cli_config(&["--sampler", "ddpm", "--ddpm-variance", "forward"]).unwrap();
     assert_eq!(c.ddpm_variance, DdpmVariance::Forward);
     let c = cli_config(&["--sampler", "dpm-solver++-3m-exact", "--no-lower-order-final"]).unwrap();

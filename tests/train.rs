@@ -93,18 +93,27 @@ fn a_diverging_run_stops_with_its_last_good_checkpoint_intact() {
 fn config_errors_name_the_problem() {
     let e = TrainConfig::from_toml("[optim]\nlrr = 1\n", "x.toml").err().unwrap();
     assert!(format!("{e:#}").contains("lrr"), "{e:#}");
-    let e = TrainConfig::from_toml("[model]\nbase_channel = 3\n", "x.toml").unwrap().resolve(Path::new("."), [1, 16, 16]).err().unwrap();
+    let e = TrainConfig::from_toml("[model]\nbase_channel = 3\n", "x.toml")
+        .unwrap()
+        .resolve(Path::new("."), [1, 16, 16])
+        .err()
+        .unwrap();
     assert!(format!("{e:#}").contains("base_channel"), "{e:#}");
     // Widths not divisible by the group count.
-    let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\nbase_channels = 18\n[stages]\nboundaries_t=[0.3,0.6]", "x").unwrap();
+    let tc =
+        TrainConfig::from_toml("[model]\npreset = \"tiny\"\nbase_channels = 18\n[stages]\nboundaries_t=[0.3,0.6]", "x")
+            .unwrap();
     assert!(tc.resolve(Path::new("."), [1, 16, 16]).is_err());
     // Boundaries not increasing / outside (0,1).
     for b in ["[0.6, 0.3]", "[0.0, 0.5]", "[0.5, 1.0]"] {
-        let tc = TrainConfig::from_toml(&format!("[model]\npreset = \"tiny\"\n[stages]\nboundaries_t = {b}"), "x").unwrap();
+        let tc =
+            TrainConfig::from_toml(&format!("[model]\npreset = \"tiny\"\n[stages]\nboundaries_t = {b}"), "x").unwrap();
         assert!(tc.resolve(Path::new("."), [1, 16, 16]).is_err(), "{b}");
     }
     // Dataset / model resolution mismatch.
-    let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\nresolution = 32\n[stages]\nboundaries_t=[0.3,0.6]", "x").unwrap();
+    let tc =
+        TrainConfig::from_toml("[model]\npreset = \"tiny\"\nresolution = 32\n[stages]\nboundaries_t=[0.3,0.6]", "x")
+            .unwrap();
     let e = tc.resolve(Path::new("."), [1, 16, 16]).err().unwrap();
     assert!(format!("{e:#}").contains("resolution"), "{e:#}");
     // Wrong number of boundaries for the decoders.
@@ -115,7 +124,11 @@ fn config_errors_name_the_problem() {
     let e = tc.resolve(Path::new("."), [1, 16, 16]).err().unwrap();
     assert!(format!("{e:#}").contains("sigma_data must be > 0"), "{e:#}");
     // The EMA by half-life alone (the decay default must not also apply).
-    let tc = TrainConfig::from_toml("[model]\npreset = \"tiny\"\n[ema]\nhalf_life_images = 5000\n[stages]\nboundaries_t=[0.3,0.6]", "x").unwrap();
+    let tc = TrainConfig::from_toml(
+        "[model]\npreset = \"tiny\"\n[ema]\nhalf_life_images = 5000\n[stages]\nboundaries_t=[0.3,0.6]",
+        "x",
+    )
+    .unwrap();
     assert_eq!(tc.resolve(Path::new("."), [1, 16, 16]).unwrap().ema.decay, None);
 }
 
@@ -138,7 +151,9 @@ fn a_tiny_models_loss_falls_on_the_builtin_data() {
 #[test]
 fn edm_ddpm_and_v_objectives_train_and_sample() {
     use msdiff::denoiser::Denoiser;
-    for (process, prediction) in [("kind = \"edm\"", None), ("kind = \"ddpm\"", None), ("kind = \"vp\"", Some("kind = \"v\""))] {
+    for (process, prediction) in
+        [("kind = \"edm\"", None), ("kind = \"ddpm\"", None), ("kind = \"vp\"", Some("kind = \"v\""))]
+    {
         let mut text = tiny_config("").replace("steps = 6", "steps = 3");
         text.push_str(&format!("\n[process]\n{process}\n"));
         if let Some(p) = prediction {

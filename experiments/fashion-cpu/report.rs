@@ -16,8 +16,8 @@
 //! handles each sample, averaged with the training's stage probabilities (`objective.weights`):
 //! `3 * sum_j p_j * stage_gflops_j`, with the analytic counts of `msdiff info`.
 use anyhow::{bail, Context, Result};
-use msdiff::plot::{palette, Plot};
 use msdiff::objective::StageSampler;
+use msdiff::plot::{palette, Plot};
 use msdiff::train::ResolvedConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -30,7 +30,8 @@ const LOOSE_TARGET: f64 = 100.0;
 const COMPUTE: [&str; 4] = ["unified", "multistage", "separate", "ms-mass"];
 const ABLATION: [&str; 3] = ["ms-uniform", "ms-snr", "multistage"];
 /// Every run of `run.sh`, in its order; `-bf16` runs are their config trained with `--precision bf16`.
-const RUNS: [&str; 8] = ["unified", "multistage", "separate", "ms-uniform", "ms-snr", "ms-mass", "unified-bf16", "multistage-bf16"];
+const RUNS: [&str; 8] =
+    ["unified", "multistage", "separate", "ms-uniform", "ms-snr", "ms-mass", "unified-bf16", "multistage-bf16"];
 /// Runs in the bf16 comparison (d).
 const PRECISION: [&str; 4] = ["unified", "unified-bf16", "multistage", "multistage-bf16"];
 
@@ -116,7 +117,12 @@ fn main() -> Result<()> {
     println!("| run | network | decoders | boundaries t | params stored | stage probabilities | train GFLOP/image | precision | train wall (1 thread) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, r) in names.iter().map(|n| (*n, &runs[n])) {
-        let bt = r.cfg.split.as_ref().map(|s| s.boundaries_t.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "-".into());
+        let bt = r
+            .cfg
+            .split
+            .as_ref()
+            .map(|s| s.boundaries_t.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|| "-".into());
         let probs = r.probs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" / ");
         let kind = match (r.cfg.model.decoder_channels.len(), r.cfg.model.architecture) {
             (1, _) => "unified",
@@ -126,7 +132,11 @@ fn main() -> Result<()> {
         let w = wall(name).map(|s| format!("{:.1} min", s / 60.0)).unwrap_or_else(|| "-".into());
         println!(
             "| {name} | {} | {:?} | {bt} | {} | {probs} | {:.3} | {} | {w} |",
-            kind, r.cfg.model.decoder_channels, r.params, r.train_gflop_per_image(), r.cfg.train.precision
+            kind,
+            r.cfg.model.decoder_channels,
+            r.params,
+            r.train_gflop_per_image(),
+            r.cfg.train.precision
         );
     }
 
@@ -138,11 +148,17 @@ fn main() -> Result<()> {
     println!("|---|{}", "---|".repeat(steps.len()));
     for name in names.iter().filter(|n| !n.ends_with("-bf16")) {
         if let Some(c) = fid.get(*name) {
-            let cells: Vec<String> = steps.iter().map(|s| c.iter().find(|p| p.0 == *s).map_or("-".into(), |p| format!("{:.2}", p.1))).collect();
+            let cells: Vec<String> = steps
+                .iter()
+                .map(|s| c.iter().find(|p| p.0 == *s).map_or("-".into(), |p| format!("{:.2}", p.1)))
+                .collect();
             println!("| {name} | {} |", cells.join(" | "));
         }
     }
-    let mut p = Plot::new(&format!("Fashion-MNIST, FID ({n_samples} samples) vs iterations"), 640, 400).xlabel("training iterations (batch 64)").ylabel("FID").log_y(true);
+    let mut p = Plot::new(&format!("Fashion-MNIST, FID ({n_samples} samples) vs iterations"), 640, 400)
+        .xlabel("training iterations (batch 64)")
+        .ylabel("FID")
+        .log_y(true);
     for (i, name) in CURVES.iter().enumerate() {
         if let Some(c) = fid.get(*name) {
             p = p.series(name, c, palette(i));
@@ -174,7 +190,10 @@ fn main() -> Result<()> {
     }
 
     // (c) Compute to reach a target FID: the unified model's final FID.
-    let mut p = Plot::new(&format!("Fashion-MNIST, FID ({n_samples} samples) vs training compute"), 640, 400).xlabel("training TFLOP (analytic, fwd + bwd)").ylabel("FID").log_y(true);
+    let mut p = Plot::new(&format!("Fashion-MNIST, FID ({n_samples} samples) vs training compute"), 640, 400)
+        .xlabel("training TFLOP (analytic, fwd + bwd)")
+        .ylabel("FID")
+        .log_y(true);
     for (i, name) in COMPUTE.iter().enumerate() {
         if let (Some(r), Some(c)) = (runs.get(*name), fid.get(*name)) {
             let pts: Vec<(f64, f64)> = c.iter().map(|&(s, f)| (r.tflop(s), f)).collect();
@@ -188,16 +207,25 @@ fn main() -> Result<()> {
         println!("\n| target FID | run | iterations to reach it | training PFLOP | PFLOP relative to unified |");
         println!("|---|---|---|---|---|");
         for target in [LOOSE_TARGET, final_unified] {
-            let base = runs.get("unified").zip(fid.get("unified")).and_then(|(r, c)| steps_to_reach(c, target).map(|(s, _)| r.tflop(s)));
+            let base = runs
+                .get("unified")
+                .zip(fid.get("unified"))
+                .and_then(|(r, c)| steps_to_reach(c, target).map(|(s, _)| r.tflop(s)));
             for name in COMPUTE {
                 if let (Some(r), Some(c)) = (runs.get(name), fid.get(name)) {
                     match steps_to_reach(c, target) {
                         Some((s, exact)) => {
                             let le = if exact { "" } else { "<= " };
-                            let rel = base.map(|b| format!("{le}{:.0} %", 100.0 * r.tflop(s) / b)).unwrap_or_else(|| "-".into());
+                            let rel = base
+                                .map(|b| format!("{le}{:.0} %", 100.0 * r.tflop(s) / b))
+                                .unwrap_or_else(|| "-".into());
                             println!("| {target:.2} | {name} | {le}{s:.0} | {le}{:.5} | {rel} |", r.tflop(s) / 1e3);
                         }
-                        None => println!("| {target:.2} | {name} | not reached in {} | > {:.5} | - |", c.last().map_or(0.0, |l| l.0), r.tflop(c.last().map_or(0.0, |l| l.0)) / 1e3),
+                        None => println!(
+                            "| {target:.2} | {name} | not reached in {} | > {:.5} | - |",
+                            c.last().map_or(0.0, |l| l.0),
+                            r.tflop(c.last().map_or(0.0, |l| l.0)) / 1e3
+                        ),
                     }
                 }
             }
@@ -208,7 +236,10 @@ fn main() -> Result<()> {
     // (d) bf16: training precision x sampling precision at the last step, and the FID's sampling noise
     // (the same checkpoint with other seeds).
     let last_step = fids.iter().filter_map(|v| v["step"].as_f64()).fold(0.0, f64::max);
-    let rows: Vec<&Value> = fids.iter().filter(|v| v["step"].as_f64() == Some(last_step) && v["run"].as_str().is_some_and(|r| PRECISION.contains(&r))).collect();
+    let rows: Vec<&Value> = fids
+        .iter()
+        .filter(|v| v["step"].as_f64() == Some(last_step) && v["run"].as_str().is_some_and(|r| PRECISION.contains(&r)))
+        .collect();
     if rows.iter().any(|v| v.get("precision").is_some() || v["run"].as_str().is_some_and(|r| r.ends_with("-bf16"))) {
         println!("\n| run | trained in | sampled in | seeds | FID @ {last_step} | train wall (1 thread) |");
         println!("|---|---|---|---|---|---|");
@@ -230,7 +261,9 @@ fn main() -> Result<()> {
     // Final sample grids and the raw logs.
     for name in &names {
         let dir = out.join(name).join("samples");
-        let last = std::fs::read_dir(&dir).ok().and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).max());
+        let last = std::fs::read_dir(&dir).ok().and_then(|d| {
+            d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).max()
+        });
         if let Some(src) = last {
             std::fs::copy(&src, docs.join(format!("samples-{name}.png")))?;
         }
@@ -241,7 +274,12 @@ fn main() -> Result<()> {
     }
     let evals: Vec<f64> = eval_s.values().flatten().copied().collect();
     if !evals.is_empty() {
-        println!("\nFID evaluations: {}, wall {:.1}..{:.1} min each", evals.len(), evals.iter().cloned().fold(f64::INFINITY, f64::min) / 60.0, evals.iter().cloned().fold(0.0, f64::max) / 60.0);
+        println!(
+            "\nFID evaluations: {}, wall {:.1}..{:.1} min each",
+            evals.len(),
+            evals.iter().cloned().fold(f64::INFINITY, f64::min) / 60.0,
+            evals.iter().cloned().fold(0.0, f64::max) / 60.0
+        );
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ pub fn var_from(p: &Path, name: &str, shape: &[i64], rng: &mut Rng, mut draw: im
     let t = p.var(name, shape, Init::Const(0.0));
     let n: i64 = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| draw(rng) as f32).collect();
-    tch::no_grad(|| t.shallow_clone().copy_(&Tensor::from_slice(&v).reshape(shape).to_kind(Kind::Float).to_device(t.device())));
+    tch::no_grad(|| {
+        t.shallow_clone().copy_(&Tensor::from_slice(&v).reshape(shape).to_kind(Kind::Float).to_device(t.device()))
+    });
     t
 }
 
@@ -121,7 +123,8 @@ impl AttnBlock {
         // [B, C, H, W] -> [B, 1, N, C]: one head over N = H W tokens of width C.
         let tokens = |t: Tensor| t.reshape([b, 1, c, hh * ww]).transpose(2, 3);
         let (q, k, v) = (tokens(self.q.forward(&h)), tokens(self.k.forward(&h)), tokens(self.v.forward(&h)));
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, (c as f64).powf(-0.5), false);
+        let a =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, (c as f64).powf(-0.5), false);
         let a = a.transpose(2, 3).reshape([b, c, hh, ww]);
         x + self.proj_out.forward(&a)
     }
@@ -137,7 +140,14 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn new(p: &Path, channels: usize, rng: &mut Rng) -> Self {
-        let cfg = Conv2dConfig { in_channels: channels, out_channels: channels, kernel: 3, stride: 2, padding: 0, init_scale: 1.0 };
+        let cfg = Conv2dConfig {
+            in_channels: channels,
+            out_channels: channels,
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+            init_scale: 1.0,
+        };
         Downsample { conv: torch_conv(&(p / "conv"), cfg, rng) }
     }
 
@@ -194,7 +204,8 @@ mod tests {
         let x = rng.randn(&[1, 2, 6, 4], Kind::Float);
         assert_eq!(d.forward(&x).size(), vec![1, 2, 3, 2]);
         // Output (0, 0) sees input rows/cols 0..3 (no padding on the top/left).
-        let manual = x.narrow(2, 0, 3).narrow(3, 0, 3).conv2d(&d.conv.weight, Some(&d.conv.bias), [1, 1], [0, 0], [1, 1], 1);
+        let manual =
+            x.narrow(2, 0, 3).narrow(3, 0, 3).conv2d(&d.conv.weight, Some(&d.conv.bias), [1, 1], [0, 0], [1, 1], 1);
         let got = d.forward(&x).narrow(2, 0, 1).narrow(3, 0, 1);
         assert!((got - manual).abs().max().double_value(&[]) < 1e-6);
         let u = Upsample::new(&(vs.root() / "u"), 2, &mut rng);

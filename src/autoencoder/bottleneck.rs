@@ -94,7 +94,11 @@ impl VectorQuantizer {
             let (lo, hi) = (codes.min().int64_value(&[]), codes.max().int64_value(&[]));
             ensure!(lo >= 0 && hi < n, "codes span [{lo}, {hi}] but the codebook has {n} entries");
         }
-        Ok(self.embedding.index_select(0, &codes.reshape([-1])).reshape([codes.size()[0], codes.size()[1], codes.size()[2], -1]).permute([0, 3, 1, 2]))
+        Ok(self
+            .embedding
+            .index_select(0, &codes.reshape([-1]))
+            .reshape([codes.size()[0], codes.size()[1], codes.size()[2], -1])
+            .permute([0, 3, 1, 2]))
     }
 
     /// Snap `z` `[B, E, h, w]` to the codebook, with the straight-through gradient and both losses.
@@ -133,7 +137,9 @@ mod tests {
     fn nearest_code_straight_through_and_losses() {
         let vs = VarStore::new(Device::Cpu);
         let vq = VectorQuantizer::new(&vs.root(), 3, 2, &mut Rng::new(0));
-        tch::no_grad(|| vq.embedding.shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 0.0, 1.0, 0.0, 0.0, 1.0]).reshape([3, 2])));
+        tch::no_grad(|| {
+            vq.embedding.shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 0.0, 1.0, 0.0, 0.0, 1.0]).reshape([3, 2]))
+        });
         // Two positions: (0.9, 0.2) -> code 1, (0.1, 0.7) -> code 2.
         let z = Tensor::from_slice(&[0.9f32, 0.1, 0.2, 0.7]).reshape([1, 2, 1, 2]).set_requires_grad(true);
         let q = vq.quantize(&z).unwrap();

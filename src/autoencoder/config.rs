@@ -104,7 +104,8 @@ impl Default for AutoencoderConfig {
 }
 
 /// Preset names, in the order `msdiff autoencoder info` lists them.
-pub const PRESETS: &[&str] = &["vq-f4", "vq-f4-noattn", "kl-f4", "kl-f8", "small-kl-f4", "small-vq-f4", "tiny-kl", "tiny-vq"];
+pub const PRESETS: &[&str] =
+    &["vq-f4", "vq-f4-noattn", "kl-f4", "kl-f8", "small-kl-f4", "small-vq-f4", "tiny-kl", "tiny-vq"];
 
 impl AutoencoderConfig {
     /// A named preset ([`PRESETS`]):
@@ -167,14 +168,23 @@ impl AutoencoderConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.in_channels > 0 && self.out_channels > 0, "autoencoder in_channels and out_channels must be > 0");
         ensure!(self.ch > 0, "autoencoder ch must be > 0");
-        ensure!(!self.ch_mult.is_empty() && self.ch_mult.len() <= 8, "autoencoder ch_mult must have 1 to 8 levels, got {:?}", self.ch_mult);
+        ensure!(
+            !self.ch_mult.is_empty() && self.ch_mult.len() <= 8,
+            "autoencoder ch_mult must have 1 to 8 levels, got {:?}",
+            self.ch_mult
+        );
         ensure!(self.ch_mult.iter().all(|&m| m > 0), "autoencoder ch_mult entries must be > 0, got {:?}", self.ch_mult);
         ensure!(self.num_res_blocks > 0, "autoencoder num_res_blocks must be > 0");
         ensure!(self.z_channels > 0 && self.embed_dim > 0, "autoencoder z_channels and embed_dim must be > 0");
         ensure!(self.norm_groups > 0, "autoencoder norm_groups must be > 0");
         ensure!(self.norm_eps > 0.0 && self.norm_eps.is_finite(), "autoencoder norm_eps must be > 0");
         for &l in &self.attn_levels {
-            ensure!(l < self.ch_mult.len(), "autoencoder attn_levels has level {l} but there are {} levels (0..{})", self.ch_mult.len(), self.ch_mult.len() - 1);
+            ensure!(
+                l < self.ch_mult.len(),
+                "autoencoder attn_levels has level {l} but there are {} levels (0..{})",
+                self.ch_mult.len(),
+                self.ch_mult.len() - 1
+            );
         }
         for w in self.widths() {
             ensure!(
@@ -185,8 +195,14 @@ impl AutoencoderConfig {
             );
         }
         match self.bottleneck {
-            Bottleneck::Vq => ensure!(self.n_embed >= 2, "a VQ autoencoder needs n_embed >= 2 codebook vectors, got {}", self.n_embed),
-            Bottleneck::Kl => ensure!(self.n_embed == 0, "n_embed = {} is a VQ setting; a KL autoencoder takes n_embed = 0", self.n_embed),
+            Bottleneck::Vq => {
+                ensure!(self.n_embed >= 2, "a VQ autoencoder needs n_embed >= 2 codebook vectors, got {}", self.n_embed)
+            }
+            Bottleneck::Kl => ensure!(
+                self.n_embed == 0,
+                "n_embed = {} is a VQ setting; a KL autoencoder takes n_embed = 0",
+                self.n_embed
+            ),
         }
         if !self.quant_conv {
             ensure!(
@@ -238,7 +254,11 @@ impl AutoencoderConfig {
     pub fn latent_shape(&self, image: [i64; 3]) -> Result<[i64; 3]> {
         let [c, h, w] = image;
         let f = self.factor() as i64;
-        ensure!(c == self.in_channels as i64, "the images have {c} channel(s) but the autoencoder takes {}", self.in_channels);
+        ensure!(
+            c == self.in_channels as i64,
+            "the images have {c} channel(s) but the autoencoder takes {}",
+            self.in_channels
+        );
         ensure!(
             h > 0 && w > 0 && h % f == 0 && w % f == 0,
             "images of {h}x{w} (HxW) do not fit an autoencoder with downsampling factor {f}: both sides must be multiples of {f} (pad or crop them)"
@@ -273,8 +293,13 @@ impl AutoencoderConfig {
         enc += mid(c, rh, rw, self.mid_attention);
         enc += norm(c);
         enc += conv(c, self.encoder_out_channels(), 3, rh, rw);
-        let quant = if self.quant_conv { conv(self.encoder_out_channels(), self.moments_channels(), 1, rh, rw) } else { Cost::default() };
-        let post = if self.post_quant_conv { conv(self.embed_dim, self.z_channels, 1, rh, rw) } else { Cost::default() };
+        let quant = if self.quant_conv {
+            conv(self.encoder_out_channels(), self.moments_channels(), 1, rh, rw)
+        } else {
+            Cost::default()
+        };
+        let post =
+            if self.post_quant_conv { conv(self.embed_dim, self.z_channels, 1, rh, rw) } else { Cost::default() };
         let codebook = match self.bottleneck {
             Bottleneck::Vq => Cost { params: (self.n_embed * self.embed_dim) as u64, flops: 0.0 },
             Bottleneck::Kl => Cost::default(),
@@ -377,7 +402,11 @@ pub struct AeReport {
 
 impl AeReport {
     pub fn total_params(&self) -> u64 {
-        self.encoder.params + self.quant_conv.params + self.codebook.params + self.post_quant_conv.params + self.decoder.params
+        self.encoder.params
+            + self.quant_conv.params
+            + self.codebook.params
+            + self.post_quant_conv.params
+            + self.decoder.params
     }
 
     /// Encoding: encoder + `quant_conv`.
@@ -404,7 +433,13 @@ impl fmt::Display for AeReport {
         ] {
             writeln!(f, "| {name} | {} | {:.3} |", c.params, c.flops / 1e9)?;
         }
-        writeln!(f, "| total | {} | encode {:.3}, decode {:.3} |", self.total_params(), self.encode_flops() / 1e9, self.decode_flops() / 1e9)
+        writeln!(
+            f,
+            "| total | {} | encode {:.3}, decode {:.3} |",
+            self.total_params(),
+            self.encode_flops() / 1e9,
+            self.decode_flops() / 1e9
+        )
     }
 }
 

@@ -69,18 +69,42 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DiffusersConfig> {
     let class = match obj.get("_class_name").and_then(Value::as_str) {
         Some("AutoencoderKL") => Class::AutoencoderKl,
         Some("VQModel") => Class::VqModel,
-        Some(other) => bail!("{origin}: diffusers class '{other}' is not supported (supported: AutoencoderKL, VQModel)"),
+        Some(other) => {
+            bail!("{origin}: diffusers class '{other}' is not supported (supported: AutoencoderKL, VQModel)")
+        }
         None => bail!("{origin} has no _class_name: not a diffusers model config"),
     };
     let known: &[&str] = match class {
         Class::AutoencoderKl => &[
-            "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block", "act_fn",
-            "latent_channels", "norm_num_groups", "scaling_factor", "shift_factor", "use_quant_conv", "use_post_quant_conv",
+            "in_channels",
+            "out_channels",
+            "down_block_types",
+            "up_block_types",
+            "block_out_channels",
+            "layers_per_block",
+            "act_fn",
+            "latent_channels",
+            "norm_num_groups",
+            "scaling_factor",
+            "shift_factor",
+            "use_quant_conv",
+            "use_post_quant_conv",
             "mid_block_add_attention",
         ],
         Class::VqModel => &[
-            "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block", "act_fn",
-            "latent_channels", "num_vq_embeddings", "norm_num_groups", "vq_embed_dim", "scaling_factor", "norm_type",
+            "in_channels",
+            "out_channels",
+            "down_block_types",
+            "up_block_types",
+            "block_out_channels",
+            "layers_per_block",
+            "act_fn",
+            "latent_channels",
+            "num_vq_embeddings",
+            "norm_num_groups",
+            "vq_embed_dim",
+            "scaling_factor",
+            "norm_type",
             "mid_block_add_attention",
         ],
     };
@@ -93,7 +117,10 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DiffusersConfig> {
     let int = |k: &str, d: usize| -> Result<usize> {
         match obj.get(k) {
             None | Some(Value::Null) => Ok(d),
-            Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| anyhow::anyhow!("{origin}: '{k}' must be a non-negative integer, got {x}")),
+            Some(x) => x
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| anyhow::anyhow!("{origin}: '{k}' must be a non-negative integer, got {x}")),
         }
     };
     let flag = |k: &str, d: bool| -> Result<bool> {
@@ -105,24 +132,44 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DiffusersConfig> {
     let strings = |k: &str, d: &str| -> Result<Vec<String>> {
         match obj.get(k) {
             None => Ok(vec![d.to_string()]),
-            Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| anyhow::anyhow!("{origin}: '{k}' must be a list of strings"))).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| anyhow::anyhow!("{origin}: '{k}' must be a list of strings"))
+                })
+                .collect(),
             Some(x) => bail!("{origin}: '{k}' must be a list of strings, got {x}"),
         }
     };
     let act = obj.get("act_fn").and_then(Value::as_str).unwrap_or("silu");
-    ensure!(act == "silu" || act == "swish", "{origin}: act_fn '{act}' is not supported (only silu, which LDM calls swish)");
+    ensure!(
+        act == "silu" || act == "swish",
+        "{origin}: act_fn '{act}' is not supported (only silu, which LDM calls swish)"
+    );
     if let Some(n) = obj.get("norm_type").and_then(Value::as_str) {
-        ensure!(n == "group", "{origin}: norm_type '{n}' is not supported (only 'group'; 'spatial' is MoVQ's conditional norm)");
+        ensure!(
+            n == "group",
+            "{origin}: norm_type '{n}' is not supported (only 'group'; 'spatial' is MoVQ's conditional norm)"
+        );
     }
     let widths: Vec<usize> = match obj.get("block_out_channels") {
         None => vec![64],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| anyhow::anyhow!("{origin}: block_out_channels must be a list of integers")))
+            .map(|x| {
+                x.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| anyhow::anyhow!("{origin}: block_out_channels must be a list of integers"))
+            })
             .collect::<Result<_>>()?,
         Some(x) => bail!("{origin}: block_out_channels must be a list of integers, got {x}"),
     };
-    ensure!(!widths.is_empty() && widths[0] > 0, "{origin}: block_out_channels must be a non-empty list of positive integers");
+    ensure!(
+        !widths.is_empty() && widths[0] > 0,
+        "{origin}: block_out_channels must be a non-empty list of positive integers"
+    );
     let ch = widths[0];
     let mut ch_mult = Vec::new();
     for &w in &widths {
@@ -132,7 +179,12 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DiffusersConfig> {
     let levels = widths.len();
     let down = strings("down_block_types", "DownEncoderBlock2D")?;
     let up = strings("up_block_types", "UpDecoderBlock2D")?;
-    ensure!(down.len() == levels && up.len() == levels, "{origin}: {} down and {} up block types for {levels} block_out_channels", down.len(), up.len());
+    ensure!(
+        down.len() == levels && up.len() == levels,
+        "{origin}: {} down and {} up block types for {levels} block_out_channels",
+        down.len(),
+        up.len()
+    );
     let mut attn_levels = Vec::new();
     for (i, t) in down.iter().enumerate() {
         let enc_attn = match t.as_str() {
@@ -191,7 +243,10 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DiffusersConfig> {
         }
     };
     let scaling_factor = number("scaling_factor")?.unwrap_or(0.18215);
-    ensure!(scaling_factor.is_finite() && scaling_factor > 0.0, "{origin}: scaling_factor must be > 0, got {scaling_factor}");
+    ensure!(
+        scaling_factor.is_finite() && scaling_factor > 0.0,
+        "{origin}: scaling_factor must be > 0, got {scaling_factor}"
+    );
     let shift_factor = number("shift_factor")?;
     let version = obj.get("_diffusers_version").and_then(Value::as_str).map(String::from);
     Ok(DiffusersConfig { class, config, scaling_factor, shift_factor, version })
@@ -270,7 +325,11 @@ pub fn map_name(name: &str, levels: usize) -> Option<String> {
 
 /// Read a diffusers folder into an [`AutoencoderModel`] on `device`.
 pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
-    ensure!(dir.is_dir(), "{}: no such folder (expected a diffusers folder with {CONFIG} and {WEIGHTS})", dir.display());
+    ensure!(
+        dir.is_dir(),
+        "{}: no such folder (expected a diffusers folder with {CONFIG} and {WEIGHTS})",
+        dir.display()
+    );
     let cpath = dir.join(CONFIG);
     let wpath = dir.join(WEIGHTS);
     if !cpath.is_file() || !wpath.is_file() {
@@ -282,13 +341,17 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
     }
     let text = std::fs::read_to_string(&cpath).with_context(|| format!("cannot read {}", cpath.display()))?;
     let dc = parse_config(&text, &cpath.display().to_string())?;
-    let named = Tensor::read_safetensors(&wpath).map_err(|e| anyhow::anyhow!("{} is corrupt or not safetensors: {e}", wpath.display()))?;
+    let named = Tensor::read_safetensors(&wpath)
+        .map_err(|e| anyhow::anyhow!("{} is corrupt or not safetensors: {e}", wpath.display()))?;
     let levels = dc.config.ch_mult.len();
     let source = format!(
         "diffusers {} {} ({})",
         dc.class.name(),
         dir.display(),
-        dc.version.as_deref().map(|v| format!("saved by diffusers {v}")).unwrap_or_else(|| "diffusers version not recorded".into())
+        dc.version
+            .as_deref()
+            .map(|v| format!("saved by diffusers {v}"))
+            .unwrap_or_else(|| "diffusers version not recorded".into())
     );
     let mut model = AutoencoderModel::new(&dc.config, 0, device, source)?;
     let ours: BTreeMap<String, Tensor> = model.params().into_iter().collect();
@@ -297,10 +360,20 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
     let mut converted = false;
     for (name, t) in named {
         let Some(target) = map_name(&name, levels) else {
-            bail!("{}: tensor '{name}' {:?} has no place in a {} with this config", wpath.display(), t.size(), dc.class.name());
+            bail!(
+                "{}: tensor '{name}' {:?} has no place in a {} with this config",
+                wpath.display(),
+                t.size(),
+                dc.class.name()
+            );
         };
         let Some(want) = ours.get(&target) else {
-            bail!("{}: tensor '{name}' {:?} has no place in a {} with this config (it would be '{target}')", wpath.display(), t.size(), dc.class.name());
+            bail!(
+                "{}: tensor '{name}' {:?} has no place in a {} with this config (it would be '{target}')",
+                wpath.display(),
+                t.size(),
+                dc.class.name()
+            );
         };
         let want_shape = want.size();
         let t = match t.kind() {
@@ -312,7 +385,11 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
             k => bail!("{}: tensor '{name}' is {k:?}; expected floating-point weights", wpath.display()),
         };
         // Linear attention maps [C, C] are our 1x1 convs [C, C, 1, 1].
-        let t = if t.size().len() == 2 && want_shape.len() == 4 && want_shape[2] == 1 && want_shape[3] == 1 { t.reshape(want_shape.as_slice()) } else { t };
+        let t = if t.size().len() == 2 && want_shape.len() == 4 && want_shape[2] == 1 && want_shape[3] == 1 {
+            t.reshape(want_shape.as_slice())
+        } else {
+            t
+        };
         ensure!(
             t.size() == want_shape,
             "{}: tensor '{name}' has shape {:?} in the file but {} makes it {want_shape:?}",
@@ -326,7 +403,13 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
         mapped.push((target, t));
     }
     for (target, t) in &ours {
-        ensure!(from.contains_key(target), "{}: no tensor for '{target}' {:?}, which {} requires", wpath.display(), t.size(), cpath.display());
+        ensure!(
+            from.contains_key(target),
+            "{}: no tensor for '{target}' {:?}, which {} requires",
+            wpath.display(),
+            t.size(),
+            cpath.display()
+        );
     }
     model.set_weights(&mapped, "diffusers weights")?;
     model.manifest = Manifest {
@@ -334,7 +417,11 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
         config: dc.config.clone(),
         scaling_factor: Some(dc.scaling_factor),
         shift_factor: dc.shift_factor,
-        source: if converted { format!("{}; half-precision weights converted to f32", model.manifest.source) } else { model.manifest.source.clone() },
+        source: if converted {
+            format!("{}; half-precision weights converted to f32", model.manifest.source)
+        } else {
+            model.manifest.source.clone()
+        },
     };
     Ok(model)
 }
@@ -346,16 +433,37 @@ mod tests {
     #[test]
     fn names_map_to_ldm_names() {
         let m = |n: &str| map_name(n, 3);
-        assert_eq!(m("encoder.down_blocks.1.resnets.0.conv_shortcut.weight").as_deref(), Some("encoder.down.1.block.0.nin_shortcut.weight"));
-        assert_eq!(m("encoder.down_blocks.0.downsamplers.0.conv.bias").as_deref(), Some("encoder.down.0.downsample.conv.bias"));
-        assert_eq!(m("decoder.up_blocks.0.upsamplers.0.conv.weight").as_deref(), Some("decoder.up.2.upsample.conv.weight"));
-        assert_eq!(m("decoder.up_blocks.2.resnets.1.norm2.weight").as_deref(), Some("decoder.up.0.block.1.norm2.weight"));
-        assert_eq!(m("encoder.mid_block.attentions.0.to_out.0.weight").as_deref(), Some("encoder.mid.attn_1.proj_out.weight"));
+        assert_eq!(
+            m("encoder.down_blocks.1.resnets.0.conv_shortcut.weight").as_deref(),
+            Some("encoder.down.1.block.0.nin_shortcut.weight")
+        );
+        assert_eq!(
+            m("encoder.down_blocks.0.downsamplers.0.conv.bias").as_deref(),
+            Some("encoder.down.0.downsample.conv.bias")
+        );
+        assert_eq!(
+            m("decoder.up_blocks.0.upsamplers.0.conv.weight").as_deref(),
+            Some("decoder.up.2.upsample.conv.weight")
+        );
+        assert_eq!(
+            m("decoder.up_blocks.2.resnets.1.norm2.weight").as_deref(),
+            Some("decoder.up.0.block.1.norm2.weight")
+        );
+        assert_eq!(
+            m("encoder.mid_block.attentions.0.to_out.0.weight").as_deref(),
+            Some("encoder.mid.attn_1.proj_out.weight")
+        );
         assert_eq!(m("decoder.mid_block.attentions.0.query.bias").as_deref(), Some("decoder.mid.attn_1.q.bias"));
         assert_eq!(m("decoder.mid_block.resnets.1.conv1.weight").as_deref(), Some("decoder.mid.block_2.conv1.weight"));
         assert_eq!(m("encoder.conv_norm_out.weight").as_deref(), Some("encoder.norm_out.weight"));
         assert_eq!(m("quantize.embedding.weight").as_deref(), Some("quantize.embedding.weight"));
-        for bad in ["encoder.down_blocks.3.resnets.0.conv1.weight", "decoder.downsamplers.0.conv.weight", "encoder.mid_block.resnets.2.conv1.weight", "lpips.net.weight", "encoder.conv_in.running_mean"] {
+        for bad in [
+            "encoder.down_blocks.3.resnets.0.conv1.weight",
+            "decoder.downsamplers.0.conv.weight",
+            "encoder.mid_block.resnets.2.conv1.weight",
+            "lpips.net.weight",
+            "encoder.conv_in.running_mean",
+        ] {
             assert_eq!(m(bad), None, "{bad}");
         }
     }
@@ -367,9 +475,20 @@ mod tests {
             "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
             "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}"#;
         let c = parse_config(sd, "sd").unwrap();
-        assert_eq!(c.config, AutoencoderConfig::preset("kl-f8").unwrap(), "Stable Diffusion's VAE config is the kl-f8 preset");
+        assert_eq!(
+            c.config,
+            AutoencoderConfig::preset("kl-f8").unwrap(),
+            "Stable Diffusion's VAE config is the kl-f8 preset"
+        );
         assert_eq!((c.scaling_factor, c.shift_factor), (0.18215, None), "the class default scaling_factor applies");
-        let e = parse_config(&sd.replace("\"DownEncoderBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"", "\"DownEncoderBlock2D\", \"CrossAttnDownBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\""), "c").unwrap_err();
+        let e = parse_config(
+            &sd.replace(
+                "\"DownEncoderBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"",
+                "\"DownEncoderBlock2D\", \"CrossAttnDownBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"",
+            ),
+            "c",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("'CrossAttnDownBlock2D' is not supported"), "{e}");
         let e = parse_config(&sd.replace("AutoencoderKL", "AutoencoderTiny"), "c").unwrap_err();
         assert!(e.to_string().contains("'AutoencoderTiny' is not supported"), "{e}");

@@ -32,7 +32,12 @@ pub fn comparison_picture(model: &AutoencoderModel, x: &Tensor, path: &std::path
 }
 
 /// `decode(encode(x))` clamped to [-1, 1], `batch` images at a time (CPU f32 out).
-pub fn reconstruct(model: &AutoencoderModel, x: &Tensor, batch: usize, mut progress: impl FnMut(usize)) -> Result<Tensor> {
+pub fn reconstruct(
+    model: &AutoencoderModel,
+    x: &Tensor,
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Tensor> {
     let n = x.size()[0];
     let mut out = Vec::new();
     let mut start = 0;
@@ -50,10 +55,20 @@ pub fn reconstruct(model: &AutoencoderModel, x: &Tensor, batch: usize, mut progr
 
 /// Mean over images of `10 log10(4 / MSE_i)` (images in [-1, 1]); an exact copy counts as 100 dB.
 pub fn psnr(x: &Tensor, y: &Tensor) -> Result<f64> {
-    ensure!(x.size() == y.size() && x.dim() == 4, "PSNR needs two [N, C, H, W] arrays of one shape, got {:?} and {:?}", x.size(), y.size());
-    let mse = (x.to_kind(Kind::Double) - y.to_kind(Kind::Double)).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double);
+    ensure!(
+        x.size() == y.size() && x.dim() == 4,
+        "PSNR needs two [N, C, H, W] arrays of one shape, got {:?} and {:?}",
+        x.size(),
+        y.size()
+    );
+    let mse = (x.to_kind(Kind::Double) - y.to_kind(Kind::Double)).square().mean_dim(
+        [1i64, 2, 3].as_slice(),
+        false,
+        Kind::Double,
+    );
     let per = Vec::<f64>::try_from(mse)?;
-    Ok(per.iter().map(|&m| if m > 0.0 { (10.0 * (4.0 / m).log10()).min(100.0) } else { 100.0 }).sum::<f64>() / per.len() as f64)
+    Ok(per.iter().map(|&m| if m > 0.0 { (10.0 * (4.0 / m).log10()).min(100.0) } else { 100.0 }).sum::<f64>()
+        / per.len() as f64)
 }
 
 /// FID of `y` against `x` (both `[N, C, H, W]` in [-1, 1], N >= 2).
@@ -76,7 +91,13 @@ pub struct ReconReport {
 }
 
 /// PSNR and L1 of the reconstructions of `x`, and their rFID when `fid` is given.
-pub fn evaluate(model: &AutoencoderModel, x: &Tensor, batch: usize, fid: Option<(&FidInception, usize)>, mut progress: impl FnMut(usize)) -> Result<ReconReport> {
+pub fn evaluate(
+    model: &AutoencoderModel,
+    x: &Tensor,
+    batch: usize,
+    fid: Option<(&FidInception, usize)>,
+    mut progress: impl FnMut(usize),
+) -> Result<ReconReport> {
     let y = reconstruct(model, x, batch, &mut progress)?;
     let l1 = (&y - x).abs().mean(Kind::Double).double_value(&[]);
     let rfid = match fid {
@@ -119,9 +140,23 @@ pub fn cache_latents(
         (Scale::Given(s), _) => (s, "given on the command line".to_string()),
         (Scale::Auto, Some(s)) => (s, "the autoencoder's scaling_factor".to_string()),
         (Scale::Auto | Scale::InverseStd, _) => {
-            let centred = if shift != 0.0 { (latents.to_kind(Kind::Double) - shift).square().mean(Kind::Double).double_value(&[]).sqrt() } else { std };
-            ensure!(centred > 0.0 && centred.is_finite(), "the latents have standard deviation {centred}: cannot scale them by 1/std");
-            (1.0 / centred, if shift != 0.0 { "1/rms of (latents - shift)".to_string() } else { "1/std of these latents (LDM's scale_by_std)".to_string() })
+            let centred = if shift != 0.0 {
+                (latents.to_kind(Kind::Double) - shift).square().mean(Kind::Double).double_value(&[]).sqrt()
+            } else {
+                std
+            };
+            ensure!(
+                centred > 0.0 && centred.is_finite(),
+                "the latents have standard deviation {centred}: cannot scale them by 1/std"
+            );
+            (
+                1.0 / centred,
+                if shift != 0.0 {
+                    "1/rms of (latents - shift)".to_string()
+                } else {
+                    "1/std of these latents (LDM's scale_by_std)".to_string()
+                },
+            )
         }
     };
     ensure!(scale_factor.is_finite() && scale_factor > 0.0, "the scale factor must be > 0, got {scale_factor}");

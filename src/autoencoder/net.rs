@@ -26,14 +26,27 @@ struct Level {
 }
 
 impl Level {
-    fn new(p: &Path, cfg: &AutoencoderConfig, n: usize, mut c: usize, out: usize, attention: bool, rng: &mut Rng) -> (Level, usize) {
+    fn new(
+        p: &Path,
+        cfg: &AutoencoderConfig,
+        n: usize,
+        mut c: usize,
+        out: usize,
+        attention: bool,
+        rng: &mut Rng,
+    ) -> (Level, usize) {
         let (mut blocks, mut attn) = (Vec::new(), Vec::new());
         for j in 0..n {
-            let rb = ResnetBlockConfig { in_channels: c, out_channels: out, groups: cfg.norm_groups, eps: cfg.norm_eps };
+            let rb =
+                ResnetBlockConfig { in_channels: c, out_channels: out, groups: cfg.norm_groups, eps: cfg.norm_eps };
             blocks.push(ResnetBlock::new(&(p / "block" / j), rb, rng));
             c = out;
             if attention {
-                attn.push(AttnBlock::new(&(p / "attn" / j), AttnBlockConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps }, rng));
+                attn.push(AttnBlock::new(
+                    &(p / "attn" / j),
+                    AttnBlockConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps },
+                    rng,
+                ));
             }
         }
         (Level { blocks, attn }, c)
@@ -106,7 +119,10 @@ impl Encoder {
             conv_in,
             levels,
             mid,
-            norm_out: GroupNorm::new(&(p / "norm_out"), GroupNormConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps }),
+            norm_out: GroupNorm::new(
+                &(p / "norm_out"),
+                GroupNormConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps },
+            ),
             conv_out: torch_conv(&(p / "conv_out"), Conv2dConfig::same(c, cfg.encoder_out_channels(), 3), rng),
         }
     }
@@ -144,7 +160,8 @@ impl Decoder {
         let mut levels: Vec<(Level, Option<Upsample>)> = Vec::new();
         for i in (0..widths.len()).rev() {
             let lp = p / "up" / i;
-            let (level, out) = Level::new(&lp, cfg, cfg.num_res_blocks + 1, c, widths[i], cfg.attn_levels.contains(&i), rng);
+            let (level, out) =
+                Level::new(&lp, cfg, cfg.num_res_blocks + 1, c, widths[i], cfg.attn_levels.contains(&i), rng);
             c = out;
             let up = (i > 0).then(|| Upsample::new(&(&lp / "upsample"), c, rng));
             levels.push((level, up));
@@ -154,7 +171,10 @@ impl Decoder {
             conv_in,
             mid,
             levels,
-            norm_out: GroupNorm::new(&(p / "norm_out"), GroupNormConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps }),
+            norm_out: GroupNorm::new(
+                &(p / "norm_out"),
+                GroupNormConfig { channels: c, groups: cfg.norm_groups, eps: cfg.norm_eps },
+            ),
             conv_out: torch_conv(&(p / "conv_out"), Conv2dConfig::same(c, cfg.out_channels, 3), rng),
         }
     }
@@ -197,11 +217,18 @@ impl Autoencoder {
         cfg.validate()?;
         let mut rng = Rng::stream(seed ^ INIT_STREAM, 0);
         let encoder = Encoder::new(&(p / "encoder"), cfg, &mut rng);
-        let quant_conv = cfg
-            .quant_conv
-            .then(|| torch_conv(&(p / "quant_conv"), Conv2dConfig::same(cfg.encoder_out_channels(), cfg.moments_channels(), 1), &mut rng));
-        let quantizer = (cfg.bottleneck == Bottleneck::Vq).then(|| VectorQuantizer::new(&(p / "quantize"), cfg.n_embed, cfg.embed_dim, &mut rng));
-        let post_quant_conv = cfg.post_quant_conv.then(|| torch_conv(&(p / "post_quant_conv"), Conv2dConfig::same(cfg.embed_dim, cfg.z_channels, 1), &mut rng));
+        let quant_conv = cfg.quant_conv.then(|| {
+            torch_conv(
+                &(p / "quant_conv"),
+                Conv2dConfig::same(cfg.encoder_out_channels(), cfg.moments_channels(), 1),
+                &mut rng,
+            )
+        });
+        let quantizer = (cfg.bottleneck == Bottleneck::Vq)
+            .then(|| VectorQuantizer::new(&(p / "quantize"), cfg.n_embed, cfg.embed_dim, &mut rng));
+        let post_quant_conv = cfg.post_quant_conv.then(|| {
+            torch_conv(&(p / "post_quant_conv"), Conv2dConfig::same(cfg.embed_dim, cfg.z_channels, 1), &mut rng)
+        });
         let decoder = Decoder::new(&(p / "decoder"), cfg, &mut rng);
         Ok(Autoencoder { cfg: cfg.clone(), encoder, decoder, quant_conv, post_quant_conv, quantizer })
     }

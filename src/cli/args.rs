@@ -127,7 +127,10 @@ pub const MAX_IMAGES: usize = 10_000_000;
 /// Seeds 0..n-1 for `--n` (1 ..= [`MAX_IMAGES`]).
 pub fn first_n_seeds(n: usize) -> Result<Vec<u64>> {
     ensure!(n > 0, "--n must be > 0");
-    ensure!(n <= MAX_IMAGES, "--n {n} is too large (at most {MAX_IMAGES} images per call; split the work with --seeds)");
+    ensure!(
+        n <= MAX_IMAGES,
+        "--n {n} is too large (at most {MAX_IMAGES} images per call; split the work with --seeds)"
+    );
     Ok((0..n as u64).collect())
 }
 
@@ -139,7 +142,10 @@ pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
             let a: u64 = a.trim().parse().with_context(|| format!("bad seed range '{part}'"))?;
             let b: u64 = b.trim().parse().with_context(|| format!("bad seed range '{part}'"))?;
             ensure!(a <= b, "bad seed range '{part}': start after end");
-            ensure!(b - a < MAX_IMAGES as u64, "seed range '{part}' is too large (at most {MAX_IMAGES} images per call)");
+            ensure!(
+                b - a < MAX_IMAGES as u64,
+                "seed range '{part}' is too large (at most {MAX_IMAGES} images per call)"
+            );
             out.extend(a..=b);
         } else {
             out.push(part.parse().with_context(|| format!("bad seed '{part}'"))?);

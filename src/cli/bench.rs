@@ -2,18 +2,18 @@
 //! Every benchmark prints the machine, the median of several repeats and, where there is one,
 //! the reference measured in the same run.
 use super::args::Global;
-use crate::runtime::Precision;
 use crate::data::{self, LoadOptions};
+use crate::denoiser::OptimalDenoiser;
+use crate::model::Network;
 use crate::nn::StagedNetwork;
+use crate::nn::UNetConfig;
 use crate::objective::{Draws, Objective, Prediction};
+use crate::process::ProcessConfig;
+use crate::rng::Rng;
+use crate::runtime::Precision;
 use crate::runtime::{machine, peak_rss_mib, time_median};
 use crate::train::optim::OptimConfig;
 use crate::train::TrainState;
-use crate::denoiser::OptimalDenoiser;
-use crate::nn::UNetConfig;
-use crate::process::ProcessConfig;
-use crate::rng::Rng;
-use crate::model::Network;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use tch::{Device, Kind, Tensor};
@@ -78,7 +78,10 @@ pub fn run(g: &Global, a: BenchArgs) -> Result<i32> {
     }
     if let What::Optimal { queries, .. } = a.what {
         ensure!(queries >= 1, "--queries must be at least 1");
-        ensure!(precision == Precision::Fp32, "bench optimal runs in f32 only; --precision applies to bench train and bench sample");
+        ensure!(
+            precision == Precision::Fp32,
+            "bench optimal runs in f32 only; --precision applies to bench train and bench sample"
+        );
     }
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -111,11 +114,15 @@ fn bench_optimal(spec: &str, queries: usize, repeats: usize, device: Device) -> 
     let vp = ProcessConfig::default().build()?;
     let mut r = Rng::new(0);
     let idx: Vec<i64> = (0..queries).map(|_| r.below(n as u64) as i64).collect();
-    let y = ds.images.reshape([n, d]).index_select(0, &Tensor::from_slice(&idx)).to_kind(Kind::Double).to_device(device);
+    let y =
+        ds.images.reshape([n, d]).index_select(0, &Tensor::from_slice(&idx)).to_kind(Kind::Double).to_device(device);
     let z = r.randn(&[queries as i64, d], Kind::Double).to_device(device);
     for (name, sigmas) in [
         ("high noise (sigma = 80, f32 path only)", vec![80.0; queries]),
-        ("clustering mix (t ~ U[1e-3, 1], VP)", (0..queries).map(|_| vp.sigma(r.uniform_range(1e-3, 1.0))).collect::<Vec<_>>()),
+        (
+            "clustering mix (t ~ U[1e-3, 1], VP)",
+            (0..queries).map(|_| vp.sigma(r.uniform_range(1e-3, 1.0))).collect::<Vec<_>>(),
+        ),
     ] {
         let s = Tensor::from_slice(&sigmas).to_device(device);
         let x = &y + &z * s.unsqueeze(1);
@@ -136,9 +143,11 @@ fn preset_input(cfg: &UNetConfig, batch: usize, device: Device) -> (Tensor, Tens
     let (c, r) = (cfg.in_channels as i64, cfg.resolution as i64);
     let mut rng = Rng::new(1);
     let x = rng.randn(&[batch as i64, c, r, r], Kind::Float).to_device(device);
-    let label = Tensor::from_slice(&(0..batch).map(|i| 999.0 * (i as f32 + 0.5) / batch as f32).collect::<Vec<_>>()).to_device(device);
+    let label = Tensor::from_slice(&(0..batch).map(|i| 999.0 * (i as f32 + 0.5) / batch as f32).collect::<Vec<_>>())
+        .to_device(device);
     let k = cfg.num_stages() as i64;
-    let stage = Tensor::from_slice(&(0..batch as i64).map(|i| i * k / batch as i64).collect::<Vec<_>>()).to_device(device);
+    let stage =
+        Tensor::from_slice(&(0..batch as i64).map(|i| i * k / batch as i64).collect::<Vec<_>>()).to_device(device);
     (x, label, stage)
 }
 
@@ -148,7 +157,8 @@ fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device, preci
     // masters (bf16: the network's copy refreshed), EMA. VP-SDE eps objective; a 3-stage model
     // uses the paper's cuts (t 0.442, 0.631) and the batch's times are spread evenly over (0, 1],
     // so its samples fall in every stage (mixed routing).
-    let mut state = TrainState::new(&cfg, &OptimConfig { warmup_steps: 0, ..Default::default() }, precision, 0, device)?;
+    let mut state =
+        TrainState::new(&cfg, &OptimConfig { warmup_steps: 0, ..Default::default() }, precision, 0, device)?;
     let vp = ProcessConfig::default().build()?;
     let cuts_t = match cfg.num_stages() {
         1 => vec![],
@@ -183,14 +193,24 @@ fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device, preci
     if let Some(e) = failed {
         return Err(e);
     }
-    println!("train step (objective loss + backward + Adam + EMA): median {secs:.3} s over {repeats} ({:.1} images/s)", batch as f64 / secs);
+    println!(
+        "train step (objective loss + backward + Adam + EMA): median {secs:.3} s over {repeats} ({:.1} images/s)",
+        batch as f64 / secs
+    );
     if let Some(m) = peak_rss_mib() {
         println!("peak resident memory: {m:.0} MiB");
     }
     Ok(())
 }
 
-fn bench_sample(presets: &str, batch: usize, nfe: usize, repeats: usize, device: Device, precision: Precision) -> Result<()> {
+fn bench_sample(
+    presets: &str,
+    batch: usize,
+    nfe: usize,
+    repeats: usize,
+    device: Device,
+    precision: Precision,
+) -> Result<()> {
     for preset in presets.split(',').map(str::trim) {
         let cfg = UNetConfig::preset(preset)?;
         tch::manual_seed(0);

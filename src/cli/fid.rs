@@ -83,13 +83,22 @@ fn load_images(s: &Source) -> Result<(Tensor, String)> {
         (None, Some(d)) => (d.clone(), d.clone()),
         (None, None) => anyhow::bail!("give --images DIR|FILE.npy or --data SPEC"),
     };
-    anyhow::ensure!(s.limit.is_none_or(|l| l >= 2), "--limit must be at least 2 (FID statistics need 2 or more images)");
+    anyhow::ensure!(
+        s.limit.is_none_or(|l| l >= 2),
+        "--limit must be at least 2 (FID statistics need 2 or more images)"
+    );
     let ds = data::load(&spec, &LoadOptions { limit: s.limit, ..Default::default() })?;
     Ok((ds.images, name))
 }
 
 /// [`fid::stats_of_images`] with a progress bar.
-fn stats_of(net: &FidInception, images: &Tensor, batch: usize, quiet: bool, features_out: Option<&Path>) -> Result<FidStats> {
+fn stats_of(
+    net: &FidInception,
+    images: &Tensor,
+    batch: usize,
+    quiet: bool,
+    features_out: Option<&Path>,
+) -> Result<FidStats> {
     let bar = progress(images.size()[0] as u64, "fid", quiet);
     let stats = fid::stats_of_images(net, images, batch, features_out, |k| bar.set_position(k as u64))?;
     bar.finish_and_clear();
@@ -111,7 +120,13 @@ pub fn run(g: &Global, a: FidArgs) -> Result<i32> {
                 eprintln!("msdiff: warning: {w}");
             }
             stats.save(&out)?;
-            println!("statistics of {} images of {name} -> {} ({}, resize {})", stats.n, out.display(), fid::inception::NETWORK_NAME, fid::inception::RESIZE_NAME);
+            println!(
+                "statistics of {} images of {name} -> {} ({}, resize {})",
+                stats.n,
+                out.display(),
+                fid::inception::NETWORK_NAME,
+                fid::inception::RESIZE_NAME
+            );
         }
         FidWhat::Calc { source, stats, net, reference } => {
             anyhow::ensure!(
@@ -179,7 +194,13 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let precision = a.precision;
     // Opened now, so that an unusable --log fails before the sampling and the FID, not after.
     let mut log = match &a.log {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open the log {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open the log {}", p.display()))?,
+        ),
         None => None,
     };
     let r = FidStats::load(&a.reference)?;
@@ -213,7 +234,8 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
             "reference": a.reference, "sample_seconds": sample_s, "precision": precision,
             "seeds": a.seeds.clone().unwrap_or_else(|| format!("0-{}", a.n - 1)),
         });
-        writeln!(f, "{line}").with_context(|| format!("cannot write the log {}", a.log.as_deref().unwrap_or(Path::new("")).display()))?;
+        writeln!(f, "{line}")
+            .with_context(|| format!("cannot write the log {}", a.log.as_deref().unwrap_or(Path::new("")).display()))?;
     }
     Ok(0)
 }

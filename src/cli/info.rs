@@ -44,7 +44,8 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
         let name = a.preset.as_deref().unwrap_or("small-multistage");
         let cfg = UNetConfig::preset(name)?;
         // EDM's networks default to the official EDM cuts (sigma 2.5103, 7.6577).
-        let t = (cfg.family == Family::Ddpmpp && cfg.num_stages() == 3 && a.split.is_none()).then(|| EDM_CUTS_T.to_vec());
+        let t =
+            (cfg.family == Family::Ddpmpp && cfg.num_stages() == 3 && a.split.is_none()).then(|| EDM_CUTS_T.to_vec());
         (cfg, t)
     };
     let cuts = match (&a.split, split_t) {
@@ -60,7 +61,10 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
             s.boundaries_t
         }
         (None, Some(t)) => t,
-        (None, None) => crate::cluster::uniform_cuts(cfg.num_stages().max(2))?.into_iter().take(cfg.num_stages().saturating_sub(1)).collect(),
+        (None, None) => crate::cluster::uniform_cuts(cfg.num_stages().max(2))?
+            .into_iter()
+            .take(cfg.num_stages().saturating_sub(1))
+            .collect(),
     };
     let report = crate::nn::report::report(&cfg, &cuts).context("cannot compute the model report")?;
     // What a training image costs under the run's stage policy (a config), or under EDM's
@@ -71,7 +75,8 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
         None if cfg.family == Family::Ddpmpp => {
             let objective = ObjectiveConfig { policy: StagePolicy::Edm, ..Default::default() };
             let edm = ProcessConfig::from_name("edm")?;
-            let sigmas: Vec<f64> = cuts.iter().map(|&t| ProcessConfig::default().build().map(|p| p.sigma(t))).collect::<Result<_>>()?;
+            let sigmas: Vec<f64> =
+                cuts.iter().map(|&t| ProcessConfig::default().build().map(|p| p.sigma(t))).collect::<Result<_>>()?;
             let stages = StageSampler::new(&edm.build()?, &objective, &sigmas)?;
             Some(Compute::new(StagePolicy::Edm, &report, stages.weights.clone()))
         }

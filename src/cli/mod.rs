@@ -87,7 +87,10 @@ pub fn main() -> i32 {
                 eprintln!("msdiff: error: out of memory{OOM_HINT}; libtorch: {}", crate::runtime::oom_core(msg));
                 return 2;
             }
-            eprintln!("msdiff: internal error: {}", msg.lines().next().filter(|l| !l.is_empty()).unwrap_or("unknown panic"));
+            eprintln!(
+                "msdiff: internal error: {}",
+                msg.lines().next().filter(|l| !l.is_empty()).unwrap_or("unknown panic")
+            );
             1
         }
     }
@@ -98,7 +101,10 @@ pub fn main() -> i32 {
 /// list of possible values.
 fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         e.exit()
     }
     let text = e.render().to_string();

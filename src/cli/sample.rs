@@ -2,8 +2,8 @@
 use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
-use crate::process::Process;
 use crate::model::Loaded;
+use crate::process::Process;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -62,7 +62,9 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     let sampler = a.sampler.config()?;
     ensure!(a.batch > 0, "--batch must be > 0");
     let init = match &a.init_noise {
-        Some(p) => Some(crate::io::npy::read_npy(p).with_context(|| format!("cannot use --init-noise {}", p.display()))?),
+        Some(p) => {
+            Some(crate::io::npy::read_npy(p).with_context(|| format!("cannot use --init-noise {}", p.display()))?)
+        }
         None => None,
     };
     let seeds: Vec<u64> = match (&a.seeds, &init) {
@@ -110,9 +112,10 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     }
     let n = seeds.len();
     let bar = progress(n as u64, "sample", g.quiet);
-    let out = crate::sampler::sample_seeds(&sampler, den, &process, &item, &seeds, a.batch, init.as_ref(), device, |k| {
-        bar.set_position(k as u64)
-    })?;
+    let out =
+        crate::sampler::sample_seeds(&sampler, den, &process, &item, &seeds, a.batch, init.as_ref(), device, |k| {
+            bar.set_position(k as u64)
+        })?;
     bar.finish_and_clear();
     let (x, nfe) = (out.x, out.nfe);
     let finite = x.isfinite().all().int64_value(&[]) == 1;

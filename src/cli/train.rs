@@ -84,7 +84,9 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     };
     if a.resume.is_some() {
         // A resumed run is the same experiment: its batch and seed are fixed by the checkpoint.
-        for (flag, given, kept) in [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)] {
+        for (flag, given, kept) in
+            [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)]
+        {
             if let Some(v) = given.filter(|v| *v != kept) {
                 bail!("{flag} {v} cannot change on resume: the run was trained with {kept}; drop {flag} (or start a new run)");
             }

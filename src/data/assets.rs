@@ -77,9 +77,9 @@ impl Asset {
     fn present(self, path: &Path) -> bool {
         match self {
             Asset::FidWeights => path.is_file(),
-            Asset::Mnist | Asset::FashionMnist => ["train", "t10k"].iter().all(|p| {
-                ["", ".gz"].iter().any(|ext| path.join(format!("{p}-images-idx3-ubyte{ext}")).is_file())
-            }),
+            Asset::Mnist | Asset::FashionMnist => ["train", "t10k"]
+                .iter()
+                .all(|p| ["", ".gz"].iter().any(|ext| path.join(format!("{p}-images-idx3-ubyte{ext}")).is_file())),
         }
     }
 
@@ -135,12 +135,7 @@ pub fn locate_in(asset: Asset, cache_root: Option<&Path>, shared_root: &Path) ->
     }
     let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
     let no_cache = if cache_root.is_none() { "; MSDIFF_CACHE, XDG_CACHE_HOME and HOME are all unset" } else { "" };
-    bail!(
-        "{} not found (looked in {}{no_cache}): {}",
-        asset.what(),
-        looked.join(" and "),
-        asset.fetch_hint()
-    )
+    bail!("{} not found (looked in {}{no_cache}): {}", asset.what(), looked.join(" and "), asset.fetch_hint())
 }
 
 /// [`locate_in`] with this process's cache root and [`SHARED_ROOT`].
@@ -199,7 +194,10 @@ mod tests {
         assert_eq!(cache_root_from(env(&all[1..])), Some(PathBuf::from("/x/msdiff")));
         assert_eq!(cache_root_from(env(&all[2..])), Some(PathBuf::from("/h/.cache/msdiff")));
         // Empty counts as unset, as `${VAR:-...}` in the scripts.
-        assert_eq!(cache_root_from(env(&[("MSDIFF_CACHE", ""), ("HOME", "/h")])), Some(PathBuf::from("/h/.cache/msdiff")));
+        assert_eq!(
+            cache_root_from(env(&[("MSDIFF_CACHE", ""), ("HOME", "/h")])),
+            Some(PathBuf::from("/h/.cache/msdiff"))
+        );
         assert_eq!(cache_root_from(env(&[])), None);
     }
 

@@ -10,18 +10,8 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 pub const RECORD: usize = 1 + 3 * 32 * 32;
-pub const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// The batch file names of a split.
 pub fn batch_names(test: bool) -> Vec<String> {
@@ -44,12 +34,7 @@ pub fn find_batch_dir(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Appends the records of one batch file (at most `limit` in total) to `pixels` and `labels`.
-fn read_batch(
-    path: &Path,
-    limit: usize,
-    pixels: &mut Vec<f32>,
-    labels: &mut Vec<i64>,
-) -> Result<()> {
+fn read_batch(path: &Path, limit: usize, pixels: &mut Vec<f32>, labels: &mut Vec<i64>) -> Result<()> {
     let bytes = std::fs::read(path).flat_context(|| format!("cannot read {}", path.display()))?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!(
@@ -65,11 +50,7 @@ fn read_batch(
             break;
         }
         if rec[0] > 9 {
-            bail!(
-                "{}: record {i} has label {} (CIFAR-10 labels are 0..9; is this CIFAR-100?)",
-                path.display(),
-                rec[0]
-            );
+            bail!("{}: record {i} has label {} (CIFAR-10 labels are 0..9; is this CIFAR-100?)", path.display(), rec[0]);
         }
         labels.push(rec[0] as i64);
         pixels.extend(rec[1..].iter().map(|&u| lut[u as usize]));
@@ -138,16 +119,12 @@ mod tests {
         // Truncated batch -> error naming the file.
         std::fs::write(sub.join("data_batch_3.bin"), &record(1, 1)[..3000]).unwrap();
         let err = format!("{:#}", load_cifar10(&d, false, None).unwrap_err());
-        assert!(
-            err.contains("data_batch_3.bin") && err.contains("3073"),
-            "{err}"
-        );
+        assert!(err.contains("data_batch_3.bin") && err.contains("3073"), "{err}");
         // Bad label -> error; missing batch -> error listing it.
         std::fs::write(sub.join("data_batch_3.bin"), record(42, 1)).unwrap();
         assert!(format!("{:#}", load_cifar10(&d, false, None).unwrap_err()).contains("label 42"));
         std::fs::remove_file(sub.join("data_batch_4.bin")).unwrap();
-        assert!(format!("{:#}", load_cifar10(&d, false, None).unwrap_err())
-            .contains("data_batch_4.bin"));
+        assert!(format!("{:#}", load_cifar10(&d, false, None).unwrap_err()).contains("data_batch_4.bin"));
         assert!(load_cifar10(&d.join("nope"), false, None).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -22,13 +22,10 @@ pub fn is_image_file(p: &Path) -> bool {
 
 /// The image files directly inside `dir`, sorted by name.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd =
-        std::fs::read_dir(dir).flat_context(|| format!("cannot list folder {}", dir.display()))?;
+    let rd = std::fs::read_dir(dir).flat_context(|| format!("cannot list folder {}", dir.display()))?;
     let mut files = Vec::new();
     for e in rd {
-        let p = e
-            .flat_context(|| format!("cannot list folder {}", dir.display()))?
-            .path();
+        let p = e.flat_context(|| format!("cannot list folder {}", dir.display()))?.path();
         if p.is_file() && is_image_file(&p) {
             files.push(p);
         }
@@ -102,10 +99,7 @@ mod tests {
         write_png(&d.join("c.png"), &Tensor::zeros([3, 6, 4], opts)).unwrap();
         write_png(&d.join("d.png"), &Tensor::zeros([3, 7, 4], opts)).unwrap();
         let err = format!("{:#}", load_folder(&d, None).unwrap_err());
-        assert!(
-            err.contains("c.png") && err.contains("4x6") && err.contains("4x5"),
-            "{err}"
-        );
+        assert!(err.contains("c.png") && err.contains("4x6") && err.contains("4x5"), "{err}");
         assert!(!err.contains("d.png"), "{err}");
         std::fs::write(d.join("c.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
         let err = format!("{:#}", load_folder(&d, None).unwrap_err());

@@ -19,14 +19,9 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).flat_context(|| format!("cannot read {}", path.display()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 5);
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .flat_context(|| {
-                format!(
-                    "cannot decompress {} (truncated or corrupt gzip file; download it again)",
-                    path.display()
-                )
-            })?;
+        flate2::read::MultiGzDecoder::new(raw.as_slice()).read_to_end(&mut out).flat_context(|| {
+            format!("cannot decompress {} (truncated or corrupt gzip file; download it again)", path.display())
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -50,11 +45,7 @@ fn parse<'a>(bytes: &'a [u8], magic: u32, what: &Path) -> Result<(Vec<usize>, &'
     let ndim = (magic & 0xff) as usize;
     let hdr = 4 + 4 * ndim;
     if bytes.len() < 4 {
-        bail!(
-            "{}: file too short for an IDX header ({} bytes); download it again",
-            what.display(),
-            bytes.len()
-        );
+        bail!("{}: file too short for an IDX header ({} bytes); download it again", what.display(), bytes.len());
     }
     let m = be_u32(bytes, 0);
     if m != magic {
@@ -66,15 +57,9 @@ fn parse<'a>(bytes: &'a [u8], magic: u32, what: &Path) -> Result<(Vec<usize>, &'
         );
     }
     if bytes.len() < hdr {
-        bail!(
-            "{}: truncated IDX header ({} of {hdr} bytes); download it again",
-            what.display(),
-            bytes.len()
-        );
+        bail!("{}: truncated IDX header ({} of {hdr} bytes); download it again", what.display(), bytes.len());
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|k| be_u32(bytes, 4 + 4 * k) as usize)
-        .collect();
+    let dims: Vec<usize> = (0..ndim).map(|k| be_u32(bytes, 4 + 4 * k) as usize).collect();
     let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let payload = &bytes[hdr..];
     match expected {
@@ -102,10 +87,7 @@ pub fn images_from_bytes(bytes: &[u8], what: &Path, limit: Option<usize>) -> Res
     }
     let n = limit.map_or(n, |l| l.min(n));
     let lut = u8_lut();
-    let v: Vec<f32> = payload[..n * h * w]
-        .iter()
-        .map(|&u| lut[u as usize])
-        .collect();
+    let v: Vec<f32> = payload[..n * h * w].iter().map(|&u| lut[u as usize]).collect();
     Ok(Tensor::from_slice(&v).reshape([n as i64, 1, h as i64, w as i64]))
 }
 
@@ -138,11 +120,8 @@ pub fn looks_like_idx_images(path: &Path) -> bool {
         return false;
     }
     let chained = std::io::Cursor::new(magic2.to_vec()).chain(r);
-    let mut r: Box<dyn Read> = if magic2 == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(chained))
-    } else {
-        Box::new(chained)
-    };
+    let mut r: Box<dyn Read> =
+        if magic2 == [0x1f, 0x8b] { Box::new(flate2::read::MultiGzDecoder::new(chained)) } else { Box::new(chained) };
     r.read_exact(&mut head).is_ok() && u32::from_be_bytes(head) == IMAGES_MAGIC
 }
 
@@ -182,10 +161,7 @@ mod tests {
         assert!(a.equal(&b));
         assert_eq!(a.double_value(&[0, 0, 0, 0]), -1.0);
         assert!(looks_like_idx_images(&pp) && looks_like_idx_images(&pg));
-        assert_eq!(
-            read_idx_images(&pp, Some(2)).unwrap().size(),
-            vec![2, 1, 4, 5]
-        );
+        assert_eq!(read_idx_images(&pp, Some(2)).unwrap().size(), vec![2, 1, 4, 5]);
 
         let labels = encode_idx(LABELS_MAGIC, &[3], &[5, 0, 4]);
         let pl = d.join("labels.gz");
@@ -194,10 +170,7 @@ mod tests {
         assert!(!looks_like_idx_images(&pl));
         // Labels read as images (and vice versa) name the mix-up.
         let err = format!("{:#}", read_idx_images(&pl, None).unwrap_err());
-        assert!(
-            err.contains("label file") && err.contains("labels.gz"),
-            "{err}"
-        );
+        assert!(err.contains("label file") && err.contains("labels.gz"), "{err}");
 
         // Truncations of the plain and gzip files, and trailing junk, give errors.
         for cut in [0, 3, 10, plain.len() - 1] {
@@ -215,10 +188,7 @@ mod tests {
         long.push(0);
         std::fs::write(&pp, &long).unwrap();
         assert!(format!("{:#}", read_idx_images(&pp, None).unwrap_err()).contains("trailing"));
-        let err = format!(
-            "{:#}",
-            read_idx_images(&d.join("missing"), None).unwrap_err()
-        );
+        let err = format!("{:#}", read_idx_images(&d.join("missing"), None).unwrap_err());
         assert!(err.contains("missing"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -62,7 +62,11 @@ pub struct LatentInfo {
 impl LatentInfo {
     /// Statistics of `latents` `[N, E, h, w]` (f64 sums): overall and per-channel mean and std.
     pub fn stats(latents: &Tensor) -> Result<(f64, f64, Vec<f64>, Vec<f64>)> {
-        ensure!(latents.dim() == 4 && latents.size()[0] > 0, "latents must be a non-empty [N, E, h, w] array, got {:?}", latents.size());
+        ensure!(
+            latents.dim() == 4 && latents.size()[0] > 0,
+            "latents must be a non-empty [N, E, h, w] array, got {:?}",
+            latents.size()
+        );
         let x = latents.to_kind(Kind::Double);
         let mean = x.mean(Kind::Double).double_value(&[]);
         let std = x.std(false).double_value(&[]);
@@ -105,7 +109,8 @@ impl LatentCache {
             for x in l {
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
-            header["labels"] = serde_json::json!({"dtype": "I64", "shape": [l.len()], "data_offsets": [lat_end, bytes.len()]});
+            header["labels"] =
+                serde_json::json!({"dtype": "I64", "shape": [l.len()], "data_offsets": [lat_end, bytes.len()]});
         }
         let mut h = serde_json::to_vec(&header)?;
         while h.len() % 8 != 0 {
@@ -123,32 +128,48 @@ impl LatentCache {
     pub fn load(path: &Path) -> Result<LatentCache> {
         let p = path.display();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read latent cache {p}"))?;
-        let not_cache = |why: String| anyhow::anyhow!("{p} is not an msdiff latent cache ({why}); make one with `msdiff autoencoder encode --data D --out FILE.safetensors`");
+        let not_cache = |why: String| {
+            anyhow::anyhow!("{p} is not an msdiff latent cache ({why}); make one with `msdiff autoencoder encode --data D --out FILE.safetensors`")
+        };
         ensure!(bytes.len() >= 8, not_cache("too short".into()));
         let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         ensure!(hlen <= bytes.len() - 8, not_cache("not safetensors".into()));
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| not_cache(format!("not safetensors: {e}")))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| not_cache(format!("not safetensors: {e}")))?;
         let meta = &header["__metadata__"];
-        ensure!(meta["format"].as_str() == Some(FORMAT), not_cache(format!("metadata format {}, expected \"{FORMAT}\"", meta["format"])));
-        let info: LatentInfo =
-            serde_json::from_str(meta["info"].as_str().unwrap_or("")).map_err(|e| not_cache(format!("bad info metadata: {e}")))?;
-        ensure!(info.scale_factor.is_finite() && info.scale_factor > 0.0, not_cache(format!("scale_factor {} is not > 0", info.scale_factor)));
+        ensure!(
+            meta["format"].as_str() == Some(FORMAT),
+            not_cache(format!("metadata format {}, expected \"{FORMAT}\"", meta["format"]))
+        );
+        let info: LatentInfo = serde_json::from_str(meta["info"].as_str().unwrap_or(""))
+            .map_err(|e| not_cache(format!("bad info metadata: {e}")))?;
+        ensure!(
+            info.scale_factor.is_finite() && info.scale_factor > 0.0,
+            not_cache(format!("scale_factor {} is not > 0", info.scale_factor))
+        );
         ensure!(info.shift_factor.is_finite(), not_cache("shift_factor is not finite".into()));
         let data = &bytes[8 + hlen..];
         let span = |name: &str, dtype: &str, width: usize| -> Result<Option<(Vec<i64>, &[u8])>> {
             let Some(e) = header.get(name) else { return Ok(None) };
             ensure!(e["dtype"] == dtype, not_cache(format!("tensor {name} is {}, expected {dtype}", e["dtype"])));
             let shape: Vec<i64> = serde_json::from_value(e["shape"].clone()).map_err(|x| not_cache(x.to_string()))?;
-            let off: Vec<usize> = serde_json::from_value(e["data_offsets"].clone()).map_err(|x| not_cache(x.to_string()))?;
+            let off: Vec<usize> =
+                serde_json::from_value(e["data_offsets"].clone()).map_err(|x| not_cache(x.to_string()))?;
             let numel: i64 = shape.iter().product();
             ensure!(
-                off.len() == 2 && off[0] <= off[1] && off[1] <= data.len() && (off[1] - off[0]) as i64 == numel * width as i64,
+                off.len() == 2
+                    && off[0] <= off[1]
+                    && off[1] <= data.len()
+                    && (off[1] - off[0]) as i64 == numel * width as i64,
                 not_cache(format!("tensor {name} has bad data offsets (truncated?)"))
             );
             Ok(Some((shape, &data[off[0]..off[1]])))
         };
         let (shape, raw) = span("latents", "F32", 4)?.ok_or_else(|| not_cache("no latents tensor".into()))?;
-        ensure!(shape.len() == 4 && shape[0] > 0, not_cache(format!("latents of shape {shape:?}, expected [N, E, h, w]")));
+        ensure!(
+            shape.len() == 4 && shape[0] > 0,
+            not_cache(format!("latents of shape {shape:?}, expected [N, E, h, w]"))
+        );
         let v: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             bail!(not_cache(format!("latent value {i} is not finite")));
@@ -161,7 +182,10 @@ impl LatentCache {
             }
             None => None,
         };
-        ensure!(info.channel_mean.len() as i64 == shape[1], not_cache("statistics do not match the latent channels".into()));
+        ensure!(
+            info.channel_mean.len() as i64 == shape[1],
+            not_cache("statistics do not match the latent channels".into())
+        );
         Ok(LatentCache { latents, labels, info })
     }
 
@@ -211,7 +235,12 @@ mod tests {
             mode: "mean".into(),
             seed: 0,
             quantized: false,
-            autoencoder: AutoencoderRecord { path: "ae".into(), fingerprint: "0123".into(), source: "test".into(), config: serde_json::json!({}) },
+            autoencoder: AutoencoderRecord {
+                path: "ae".into(),
+                fingerprint: "0123".into(),
+                source: "test".into(),
+                config: serde_json::json!({}),
+            },
         }
     }
 
@@ -236,7 +265,11 @@ mod tests {
         assert!(back.verify("ffff").unwrap_err().to_string().contains("re-encode"));
         // Not a cache: an FID-stats-like safetensors and a truncated file.
         Tensor::write_safetensors(&[("latents", &lat)], d.join("plain.safetensors")).unwrap();
-        let e = format!("{:#}", crate::data::load(&format!("latents:{}", d.join("plain.safetensors").display()), &Default::default()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            crate::data::load(&format!("latents:{}", d.join("plain.safetensors").display()), &Default::default())
+                .unwrap_err()
+        );
         assert!(e.contains("not an msdiff latent cache") && !e.contains('\n'), "{e}");
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();

@@ -46,11 +46,7 @@ pub struct Dataset {
 impl Clone for Dataset {
     /// A deep copy (the images do not share storage).
     fn clone(&self) -> Self {
-        Dataset {
-            images: self.images.copy(),
-            labels: self.labels.clone(),
-            name: self.name.clone(),
-        }
+        Dataset { images: self.images.copy(), labels: self.labels.clone(), name: self.name.clone() }
     }
 }
 
@@ -63,21 +59,14 @@ impl Dataset {
             bail!("dataset {name}: images must be [N, C, H, W], got {s:?}");
         }
         if images.kind() != Kind::Float {
-            bail!(
-                "dataset {name}: images must be Float, got {:?}",
-                images.kind()
-            );
+            bail!("dataset {name}: images must be Float, got {:?}", images.kind());
         }
         if let Some(l) = &labels {
             if l.len() as i64 != s[0] {
                 bail!("dataset {name}: {} labels for {} images", l.len(), s[0]);
             }
         }
-        Ok(Dataset {
-            images,
-            labels,
-            name,
-        })
+        Ok(Dataset { images, labels, name })
     }
 
     pub fn len(&self) -> usize {
@@ -117,10 +106,7 @@ impl Dataset {
         let it = Tensor::from_slice(&idx);
         Dataset {
             images: self.images.index_select(0, &it),
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| idx.iter().map(|&i| l[i as usize]).collect()),
+            labels: self.labels.as_ref().map(|l| idx.iter().map(|&i| l[i as usize]).collect()),
             name: self.name.clone(),
         }
     }
@@ -171,29 +157,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            limit: None,
-            split: Subset::Train,
-            resolution: 16,
-            count: 10_000,
-            seed: 0,
-        }
+        LoadOptions { limit: None, split: Subset::Train, resolution: 16, count: 10_000, seed: 0 }
     }
 }
 
-const SCHEMES: [&str; 8] = [
-    "builtin",
-    "mnist",
-    "fashion-mnist",
-    "idx",
-    "cifar10",
-    "cifar-10",
-    "folder",
-    "npy",
-];
+const SCHEMES: [&str; 8] = ["builtin", "mnist", "fashion-mnist", "idx", "cifar10", "cifar-10", "folder", "npy"];
 
-const SPEC_HELP: &str =
-    "expected builtin[:shapes|:shapes-rgb], mnist[:DIR], fashion-mnist[:DIR], idx:FILE, \
+const SPEC_HELP: &str = "expected builtin[:shapes|:shapes-rgb], mnist[:DIR], fashion-mnist[:DIR], idx:FILE, \
                          cifar10:DIR, folder:DIR, npy:FILE or a path";
 
 /// Splits `rest` into (path, split) honouring a `:test` / `:train` suffix.
@@ -211,11 +181,14 @@ fn split_suffix(rest: &str, default: Subset) -> (&str, Subset) {
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
     // Autoencoder latents (any channel count, not in [-1, 1]): see `latents`.
     if let Some(path) = spec.strip_prefix("latents:") {
-        return latents::load_dataset(Path::new(path), opts.limit).flat_context(|| format!("cannot load dataset '{spec}'"));
+        return latents::load_dataset(Path::new(path), opts.limit)
+            .flat_context(|| format!("cannot load dataset '{spec}'"));
     }
     let ds = load_inner(spec, opts).flat_context(|| format!("cannot load dataset '{spec}'"))?;
     if ds.is_empty() {
-        bail!("cannot load dataset '{spec}': it has no images (check the path, and that --data-limit / limit is not 0)");
+        bail!(
+            "cannot load dataset '{spec}': it has no images (check the path, and that --data-limit / limit is not 0)"
+        );
     }
     let [c, h, w] = ds.image_shape();
     if c != 1 && c != 3 {
@@ -269,27 +242,17 @@ fn load_builtin(variant: &str, opts: &LoadOptions) -> Result<Dataset> {
         v => bail!("unknown builtin dataset '{v}' (available: shapes, shapes-rgb)"),
     };
     if opts.resolution < 4 || opts.resolution > 1024 {
-        bail!(
-            "builtin shapes: resolution {} out of range (4..=1024)",
-            opts.resolution
-        );
+        bail!("builtin shapes: resolution {} out of range (4..=1024)", opts.resolution);
     }
     let n = opts.limit.map_or(opts.count, |l| l.min(opts.count));
     let (images, labels) = procedural::generate_labeled(n, opts.resolution, opts.seed, rgb);
-    let name = if rgb {
-        "builtin:shapes-rgb"
-    } else {
-        "builtin:shapes"
-    };
+    let name = if rgb { "builtin:shapes-rgb" } else { "builtin:shapes" };
     Dataset::new(images, Some(labels), name)
 }
 
 /// `DIR/{prefix}-{kind}-idx{d}-ubyte[.gz]` or the `{prefix}-{kind}.idx{d}-ubyte[.gz]` spelling.
 fn find_idx(dir: &Path, prefix: &str, kind: &str, d: u32) -> Option<PathBuf> {
-    for base in [
-        format!("{prefix}-{kind}-idx{d}-ubyte"),
-        format!("{prefix}-{kind}.idx{d}-ubyte"),
-    ] {
+    for base in [format!("{prefix}-{kind}-idx{d}-ubyte"), format!("{prefix}-{kind}.idx{d}-ubyte")] {
         for ext in ["", ".gz"] {
             let p = dir.join(format!("{base}{ext}"));
             if p.is_file() {
@@ -301,28 +264,16 @@ fn find_idx(dir: &Path, prefix: &str, kind: &str, d: u32) -> Option<PathBuf> {
 }
 
 fn has_idx(dir: &Path) -> bool {
-    ["train", "t10k"]
-        .iter()
-        .any(|p| find_idx(dir, p, "images", 3).is_some())
+    ["train", "t10k"].iter().any(|p| find_idx(dir, p, "images", 3).is_some())
 }
 
 fn load_mnist_dir(dir: &Path, split: Subset, limit: Option<usize>, name: &str) -> Result<Dataset> {
     if !dir.is_dir() {
-        bail!(
-            "{}: no such folder (put the four IDX files of {name} there)",
-            dir.display()
-        );
+        bail!("{}: no such folder (put the four IDX files of {name} there)", dir.display());
     }
-    let prefix = if split == Subset::Test {
-        "t10k"
-    } else {
-        "train"
-    };
+    let prefix = if split == Subset::Test { "t10k" } else { "train" };
     let images_path = find_idx(dir, prefix, "images", 3).ok_or_else(|| {
-        anyhow!(
-            "{}: no {prefix}-images-idx3-ubyte[.gz] (download the {name} IDX files into it)",
-            dir.display()
-        )
+        anyhow!("{}: no {prefix}-images-idx3-ubyte[.gz] (download the {name} IDX files into it)", dir.display())
     })?;
     let images = idx::read_idx_images(&images_path, limit)?;
     let labels = match find_idx(dir, prefix, "labels", 1) {
@@ -341,39 +292,21 @@ fn load_mnist_dir(dir: &Path, split: Subset, limit: Option<usize>, name: &str) -
         }
         None => None,
     };
-    let name = if split == Subset::Test {
-        format!("{name}-test")
-    } else {
-        name.to_string()
-    };
+    let name = if split == Subset::Test { format!("{name}-test") } else { name.to_string() };
     Dataset::new(images, labels, name)
 }
 
 fn file_stem(p: &Path) -> String {
-    p.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.display().to_string())
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
 
 fn load_idx_file(path: &Path, limit: Option<usize>) -> Result<Dataset> {
-    Dataset::new(
-        idx::read_idx_images(path, limit)?,
-        None,
-        format!("idx:{}", file_stem(path)),
-    )
+    Dataset::new(idx::read_idx_images(path, limit)?, None, format!("idx:{}", file_stem(path)))
 }
 
 fn load_cifar(dir: &Path, split: Subset, limit: Option<usize>) -> Result<Dataset> {
     let (x, y) = cifar::load_cifar10(dir, split == Subset::Test, limit)?;
-    Dataset::new(
-        x,
-        Some(y),
-        if split == Subset::Test {
-            "cifar10-test"
-        } else {
-            "cifar10"
-        },
-    )
+    Dataset::new(x, Some(y), if split == Subset::Test { "cifar10-test" } else { "cifar10" })
 }
 
 fn load_folder(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
@@ -392,11 +325,7 @@ fn load_npy(path: &Path, limit: Option<usize>) -> Result<Dataset> {
     let t = match t.dim() {
         3 => t.unsqueeze(1),
         4 => t,
-        _ => bail!(
-            "{}: array of shape {:?}; expected [N, C, H, W] or [N, H, W]",
-            path.display(),
-            t.size()
-        ),
+        _ => bail!("{}: array of shape {:?}; expected [N, C, H, W] or [N, H, W]", path.display(), t.size()),
     };
     let s = t.size();
     if ![1, 3].contains(&s[1]) && [1, 3].contains(&s[3]) {
@@ -427,21 +356,14 @@ fn load_npy(path: &Path, limit: Option<usize>) -> Result<Dataset> {
             }
             t.clamp(-1.0, 1.0)
         }
-        k => bail!(
-            "{}: {k:?} array; expected float in [-1, 1] or uint8",
-            path.display()
-        ),
+        k => bail!("{}: {k:?} array; expected float in [-1, 1] or uint8", path.display()),
     };
     Dataset::new(t.contiguous(), None, format!("npy:{}", file_stem(path)))
 }
 
 /// A bare path: detect what it holds.
 fn load_path(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
-    let (p, split) = if Path::new(spec).exists() {
-        (spec, opts.split)
-    } else {
-        split_suffix(spec, opts.split)
-    };
+    let (p, split) = if Path::new(spec).exists() { (spec, opts.split) } else { split_suffix(spec, opts.split) };
     let path = Path::new(p);
     if !path.exists() {
         bail!("{}: no such file or folder ({SPEC_HELP})", path.display());
@@ -461,9 +383,7 @@ fn load_path(spec: &str, opts: &LoadOptions) -> Result<Dataset> {
             path.display()
         );
     }
-    let is_npy = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    let is_npy = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
         || std::fs::File::open(path)
             .and_then(|mut f| {
                 let mut m = [0u8; 6];
@@ -493,24 +413,12 @@ mod tests {
 
     #[test]
     fn builtin_spec_and_dataset_methods() {
-        let o = LoadOptions {
-            count: 50,
-            resolution: 8,
-            seed: 3,
-            ..Default::default()
-        };
+        let o = LoadOptions { count: 50, resolution: 8, seed: 3, ..Default::default() };
         let ds = load("builtin", &o).unwrap();
         assert_eq!(ds.shape(), [50, 1, 8, 8]);
         assert_eq!(ds.name, "builtin:shapes");
         assert!(ds.images.equal(&load("builtin:shapes", &o).unwrap().images));
-        let rgb = load(
-            "builtin:shapes-rgb",
-            &LoadOptions {
-                limit: Some(7),
-                ..o.clone()
-            },
-        )
-        .unwrap();
+        let rgb = load("builtin:shapes-rgb", &LoadOptions { limit: Some(7), ..o.clone() }).unwrap();
         assert_eq!(rgb.shape(), [7, 3, 8, 8]);
         assert!(load("builtin:blobs", &o).is_err());
 
@@ -527,10 +435,7 @@ mod tests {
         assert_eq!(ds.take(5).len(), 5);
         let u = ds.to_unit_range();
         assert!(u.min().double_value(&[]) >= 0.0 && u.max().double_value(&[]) <= 1.0);
-        assert!(
-            ds.images.min().double_value(&[]) < 0.0,
-            "to_unit_range must copy"
-        );
+        assert!(ds.images.min().double_value(&[]) < 0.0, "to_unit_range must copy");
     }
 
     #[test]
@@ -542,20 +447,10 @@ mod tests {
         assert!(ds.images.equal(&x));
         crate::io::write_npy(&d.join("hw.npy"), &x.squeeze_dim(1)).unwrap();
         let spec = format!("npy:{}", d.join("hw.npy").display());
-        let ds = load(
-            &spec,
-            &LoadOptions {
-                limit: Some(2),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let ds = load(&spec, &LoadOptions { limit: Some(2), ..Default::default() }).unwrap();
         assert_eq!(ds.shape(), [2, 1, 8, 8]);
         crate::io::write_npy(&d.join("bad.npy"), &(&x * 3.0)).unwrap();
-        let err = format!(
-            "{:#}",
-            load(d.join("bad.npy").to_str().unwrap(), &Default::default()).unwrap_err()
-        );
+        let err = format!("{:#}", load(d.join("bad.npy").to_str().unwrap(), &Default::default()).unwrap_err());
         assert!(err.contains("bad.npy") && err.contains("[-1, 1]"), "{err}");
         assert!(!err.contains('\n'));
         // An image folder and an IDX folder, auto-detected.
@@ -564,73 +459,28 @@ mod tests {
         crate::io::write_png(&imgs.join("1.png"), &x.get(1)).unwrap();
         let ds = load(imgs.to_str().unwrap(), &Default::default()).unwrap();
         assert_eq!(ds.shape(), [2, 1, 8, 8]);
-        assert!(
-            (ds.images - x.narrow(0, 0, 2))
-                .abs()
-                .max()
-                .double_value(&[])
-                < 1.0 / 127.0
-        );
+        assert!((ds.images - x.narrow(0, 0, 2)).abs().max().double_value(&[]) < 1.0 / 127.0);
         let m = d.join("m");
         std::fs::create_dir_all(&m).unwrap();
         let px: Vec<u8> = (0..2 * 3 * 3).map(|i| i as u8 * 10).collect();
-        std::fs::write(
-            m.join("t10k-images-idx3-ubyte"),
-            idx::encode_idx(idx::IMAGES_MAGIC, &[2, 3, 3], &px),
-        )
-        .unwrap();
-        std::fs::write(
-            m.join("t10k-labels-idx1-ubyte"),
-            idx::encode_idx(idx::LABELS_MAGIC, &[2], &[7, 1]),
-        )
-        .unwrap();
+        std::fs::write(m.join("t10k-images-idx3-ubyte"), idx::encode_idx(idx::IMAGES_MAGIC, &[2, 3, 3], &px)).unwrap();
+        std::fs::write(m.join("t10k-labels-idx1-ubyte"), idx::encode_idx(idx::LABELS_MAGIC, &[2], &[7, 1])).unwrap();
         let spec = format!("{}:test", m.display());
         let ds = load(&spec, &Default::default()).unwrap();
-        assert_eq!(
-            (ds.shape(), ds.labels.clone()),
-            ([2, 1, 3, 3], Some(vec![7, 1]))
-        );
-        let ds = load(
-            &format!("mnist:{}", m.display()),
-            &LoadOptions {
-                split: Subset::Test,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        assert_eq!((ds.shape(), ds.labels.clone()), ([2, 1, 3, 3], Some(vec![7, 1])));
+        let ds = load(&format!("mnist:{}", m.display()), &LoadOptions { split: Subset::Test, ..Default::default() })
+            .unwrap();
         assert_eq!(ds.name, "mnist-test");
-        let err = format!(
-            "{:#}",
-            load(&format!("mnist:{}", m.display()), &Default::default()).unwrap_err()
-        );
+        let err = format!("{:#}", load(&format!("mnist:{}", m.display()), &Default::default()).unwrap_err());
         assert!(err.contains("train-images-idx3-ubyte"), "{err}");
         let idxfile = m.join("t10k-images-idx3-ubyte");
-        assert_eq!(
-            load(&format!("idx:{}", idxfile.display()), &Default::default())
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            load(idxfile.to_str().unwrap(), &Default::default())
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(load(&format!("idx:{}", idxfile.display()), &Default::default()).unwrap().len(), 2);
+        assert_eq!(load(idxfile.to_str().unwrap(), &Default::default()).unwrap().len(), 2);
         // Nonsense specs: clear one-line errors.
-        for spec in [
-            "/no/such/thing",
-            "mnist:/no/such",
-            "folder:/no/such",
-            "cifar10:/no/such",
-        ] {
+        for spec in ["/no/such/thing", "mnist:/no/such", "folder:/no/such", "cifar10:/no/such"] {
             let err = format!("{:#}", load(spec, &Default::default()).unwrap_err());
             assert!(
-                !err.contains('\n')
-                    && err.contains(
-                        spec.trim_start_matches("folder:")
-                            .trim_start_matches("cifar10:")
-                    ),
+                !err.contains('\n') && err.contains(spec.trim_start_matches("folder:").trim_start_matches("cifar10:")),
                 "{err}"
             );
         }
@@ -645,38 +495,22 @@ mod tests {
             if !assets::test_asset_present(&dir.join("train-images-idx3-ubyte.gz"), name) {
                 continue;
             }
-            let ds = load(
-                &format!("{name}:{}", dir.display()),
-                &LoadOptions::default(),
-            )
-            .unwrap();
+            let ds = load(&format!("{name}:{}", dir.display()), &LoadOptions::default()).unwrap();
             assert_eq!(ds.shape(), [60_000, 1, 28, 28], "{name}");
             let labels = ds.labels.as_ref().unwrap();
             assert_eq!(labels[0], first_label, "{name}");
             assert!(labels.iter().all(|&l| (0..10).contains(&l)));
-            let (lo, hi) = (
-                ds.images.min().double_value(&[]),
-                ds.images.max().double_value(&[]),
-            );
+            let (lo, hi) = (ds.images.min().double_value(&[]), ds.images.max().double_value(&[]));
             assert_eq!((lo, hi), (-1.0, 1.0), "{name}");
             let test = load(
                 &format!("{name}:{}:test", dir.display()),
-                &LoadOptions {
-                    limit: Some(100),
-                    ..Default::default()
-                },
+                &LoadOptions { limit: Some(100), ..Default::default() },
             )
             .unwrap();
             assert_eq!(test.shape(), [100, 1, 28, 28]);
             // The spec without a folder finds a copy (fetched, or this one) with the same images.
-            let default = load(
-                &format!("{name}:test"),
-                &LoadOptions {
-                    limit: Some(100),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let default =
+                load(&format!("{name}:test"), &LoadOptions { limit: Some(100), ..Default::default() }).unwrap();
             assert_eq!(default.name, format!("{name}-test"));
             assert!(default.images.equal(&test.images), "{name}");
             assert_eq!(default.labels, test.labels, "{name}");

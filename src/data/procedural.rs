@@ -80,13 +80,7 @@ fn params(seed: u64, index: u64, res: f64, rgb: bool) -> Params {
     let min_w = 0.75; // half-widths below ~1.5 px total vanish at low resolution
     let (shape, extent) = match label {
         0 => (Shape::Disk { r: s }, s),
-        1 => (
-            Shape::Ring {
-                r: s,
-                hw: (rng.uniform_range(0.12, 0.22) * s).max(min_w),
-            },
-            s + min_w,
-        ),
+        1 => (Shape::Ring { r: s, hw: (rng.uniform_range(0.12, 0.22) * s).max(min_w) }, s + min_w),
         2 => {
             let h = 0.8 * s;
             (Shape::Square { h }, h * std::f64::consts::SQRT_2)
@@ -111,32 +105,15 @@ fn params(seed: u64, index: u64, res: f64, rgb: bool) -> Params {
     let cx = rng.uniform_range(margin, res - margin);
     let cy = rng.uniform_range(margin, res - margin);
     let fg = if rgb {
-        let c = hsv(
-            rng.uniform(),
-            rng.uniform_range(0.6, 1.0),
-            rng.uniform_range(0.7, 1.0),
-        );
-        [
-            (2.0 * c[0] - 1.0) as f32,
-            (2.0 * c[1] - 1.0) as f32,
-            (2.0 * c[2] - 1.0) as f32,
-        ]
+        let c = hsv(rng.uniform(), rng.uniform_range(0.6, 1.0), rng.uniform_range(0.7, 1.0));
+        [(2.0 * c[0] - 1.0) as f32, (2.0 * c[1] - 1.0) as f32, (2.0 * c[2] - 1.0) as f32]
     } else {
         let g = rng.uniform_range(0.2, 1.0) as f32;
         [g, g, g]
     };
     let bg = rng.uniform_range(-1.0, -0.85) as f32;
     let (sin, cos) = theta.sin_cos();
-    Params {
-        label,
-        shape,
-        cx,
-        cy,
-        cos,
-        sin,
-        fg,
-        bg,
-    }
+    Params { label, shape, cx, cy, cos, sin, fg, bg }
 }
 
 /// Renders image `index` into `out` (planar, `channels` planes of res x res).
@@ -156,10 +133,7 @@ fn render(p: &Params, res: usize, channels: usize, out: &mut [f32]) {
 
 /// `n` images and their shape labels (indices into [`SHAPE_NAMES`]); `rgb` gives 3 channels.
 pub fn generate_labeled(n: usize, resolution: usize, seed: u64, rgb: bool) -> (Tensor, Vec<i64>) {
-    assert!(
-        resolution >= 4,
-        "procedural shapes need a resolution of at least 4"
-    );
+    assert!(resolution >= 4, "procedural shapes need a resolution of at least 4");
     let channels = if rgb { 3 } else { 1 };
     let per = channels * resolution * resolution;
     let mut data = vec![0f32; n * per];
@@ -170,10 +144,7 @@ pub fn generate_labeled(n: usize, resolution: usize, seed: u64, rgb: bool) -> (T
         labels.push(p.label);
     }
     let r = resolution as i64;
-    (
-        Tensor::from_slice(&data).reshape([n as i64, channels as i64, r, r]),
-        labels,
-    )
+    (Tensor::from_slice(&data).reshape([n as i64, channels as i64, r, r]), labels)
 }
 
 /// `n` grey images `[n, 1, res, res]` in `[-1, 1]`, deterministic in `seed`.
@@ -209,22 +180,11 @@ mod tests {
         // non-trivial variance overall and across images (not one repeated picture)
         let var = a.var(true).double_value(&[]);
         assert!(var > 0.1, "variance {var}");
-        let per_pixel_var = a
-            .var_dim(0, true, false)
-            .mean(tch::Kind::Float)
-            .double_value(&[]);
-        assert!(
-            per_pixel_var > 0.05,
-            "per-pixel variance across images {per_pixel_var}"
-        );
+        let per_pixel_var = a.var_dim(0, true, false).mean(tch::Kind::Float).double_value(&[]);
+        assert!(per_pixel_var > 0.05, "per-pixel variance across images {per_pixel_var}");
         // every image has some foreground, and all five classes occur evenly
-        let fg = a
-            .gt(-0.5)
-            .sum_dim_intlist(&[1i64, 2, 3][..], false, tch::Kind::Int64);
-        assert!(
-            fg.min().int64_value(&[]) >= 4,
-            "an image with almost no shape"
-        );
+        let fg = a.gt(-0.5).sum_dim_intlist(&[1i64, 2, 3][..], false, tch::Kind::Int64);
+        assert!(fg.min().int64_value(&[]) >= 4, "an image with almost no shape");
         let (_, labels) = generate_labeled(10_000, 16, 0, false);
         for k in 0..5 {
             let cnt = labels.iter().filter(|&&l| l == k).count();

@@ -170,7 +170,11 @@ impl OptimalDenoiser {
     /// A logit error of at most delta on every weight moves the mean by at most delta x (data range).
     pub fn posterior_mean_tol(&self, x: &Tensor, sigma: &Tensor, tol: Option<&[f64]>) -> Result<Tensor> {
         let size = x.size();
-        ensure!(size.len() == 2 && size[1] == self.dim(), "query shape {size:?} does not match items of size {}", self.dim());
+        ensure!(
+            size.len() == 2 && size[1] == self.dim(),
+            "query shape {size:?} does not match items of size {}",
+            self.dim()
+        );
         let b = size[0];
         ensure!(sigma.size() == [b], "sigma must be [B] = [{b}], got {:?}", sigma.size());
         let sig: Vec<f64> = Vec::<f64>::try_from(sigma.to_kind(Kind::Double).to_device(Device::Cpu))?;
@@ -253,7 +257,8 @@ impl OptimalDenoiser {
         let lmax_cpu = vec_f64(&lmax.squeeze_dim(1));
         let mut full_rows = Vec::new();
         for r in 0..rows as usize {
-            let err = 2.0 * eps32 * sqrt_d * (2.0 * xnorm[r] * self.max_norm + self.max_norm * self.max_norm) * inv2s2[r];
+            let err =
+                2.0 * eps32 * sqrt_d * (2.0 * xnorm[r] * self.max_norm + self.max_norm * self.max_norm) * inv2s2[r];
             if err <= tol[r] {
                 continue;
             }

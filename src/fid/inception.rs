@@ -255,10 +255,7 @@ impl FidInception {
         let path = path.as_ref();
         let mut map: HashMap<String, Tensor> = read_weights(path)?.into_iter().collect();
         let bad = |what: String| -> anyhow::Error {
-            anyhow::anyhow!(
-                "{} is not the FID Inception weights file: {what}; {MISSING_HELP}",
-                path.display()
-            )
+            anyhow::anyhow!("{} is not the FID Inception weights file: {what}; {MISSING_HELP}", path.display())
         };
         let mut convs = HashMap::new();
         for &(name, co, ci, kh, kw, stride, ph, pw) in LAYERS.iter() {
@@ -282,10 +279,7 @@ impl FidInception {
             let inv = (var.to_kind(Kind::Double) + BN_EPS).rsqrt();
             let wf = (w.to_kind(Kind::Double) * inv.view([co, 1, 1, 1])).to_kind(Kind::Float);
             let bf = (beta.to_kind(Kind::Double) - mean.to_kind(Kind::Double) * &inv).to_kind(Kind::Float);
-            convs.insert(
-                name,
-                ConvBn { w: wf.to_device(device), b: bf.to_device(device), stride, pad: [ph, pw] },
-            );
+            convs.insert(name, ConvBn { w: wf.to_device(device), b: bf.to_device(device), stride, pad: [ph, pw] });
         }
         if !map.is_empty() {
             let mut extra: Vec<_> = map.keys().cloned().collect();
@@ -444,10 +438,8 @@ impl FidInception {
         let n = |s: &str| format!("{p}.{s}");
         let b0 = self.cbr(&n("conv"), x, f);
         let b1 = self.chain(&[&n("tower.conv"), &n("tower.conv_1"), &n("tower.conv_2")], x, f);
-        let t1: Vec<String> = ["conv", "conv_1", "conv_2", "conv_3", "conv_4"]
-            .iter()
-            .map(|s| n(&format!("tower_1.{s}")))
-            .collect();
+        let t1: Vec<String> =
+            ["conv", "conv_1", "conv_2", "conv_3", "conv_4"].iter().map(|s| n(&format!("tower_1.{s}"))).collect();
         let t1: Vec<&str> = t1.iter().map(|s| s.as_str()).collect();
         let b2 = self.chain(&t1, x, f);
         let b3 = self.cbr(&n("tower_2.conv"), &Self::avg_pool_same(x), f);
@@ -457,11 +449,8 @@ impl FidInception {
     fn block_d(&self, p: &str, x: &Tensor, f: &mut Option<f64>) -> Tensor {
         let n = |s: &str| format!("{p}.{s}");
         let b0 = self.chain(&[&n("tower.conv"), &n("tower.conv_1")], x, f);
-        let b1 = self.chain(
-            &[&n("tower_1.conv"), &n("tower_1.conv_1"), &n("tower_1.conv_2"), &n("tower_1.conv_3")],
-            x,
-            f,
-        );
+        let b1 =
+            self.chain(&[&n("tower_1.conv"), &n("tower_1.conv_1"), &n("tower_1.conv_2"), &n("tower_1.conv_3")], x, f);
         let b2 = x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false);
         Tensor::cat(&[b0, b1, b2], 1)
     }
@@ -470,20 +459,12 @@ impl FidInception {
         let n = |s: &str| format!("{p}.{s}");
         let b0 = self.cbr(&n("conv"), x, f);
         let t = self.cbr(&n("tower_conv"), x, f);
-        let b1 = Tensor::cat(
-            &[self.cbr(&n("tower_mixed_conv"), &t, f), self.cbr(&n("tower_mixed_conv_1"), &t, f)],
-            1,
-        );
+        let b1 = Tensor::cat(&[self.cbr(&n("tower_mixed_conv"), &t, f), self.cbr(&n("tower_mixed_conv_1"), &t, f)], 1);
         let t = self.chain(&[&n("tower_1_conv"), &n("tower_1_conv_1")], x, f);
-        let b2 = Tensor::cat(
-            &[self.cbr(&n("tower_1_mixed_conv"), &t, f), self.cbr(&n("tower_1_mixed_conv_1"), &t, f)],
-            1,
-        );
-        let pooled = if max_pool {
-            x.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false)
-        } else {
-            Self::avg_pool_same(x)
-        };
+        let b2 =
+            Tensor::cat(&[self.cbr(&n("tower_1_mixed_conv"), &t, f), self.cbr(&n("tower_1_mixed_conv_1"), &t, f)], 1);
+        let pooled =
+            if max_pool { x.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false) } else { Self::avg_pool_same(x) };
         let b3 = self.cbr(&n("tower_2_conv"), &pooled, f);
         Tensor::cat(&[b0, b1, b2, b3], 1)
     }

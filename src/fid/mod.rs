@@ -72,7 +72,12 @@ pub fn features(net: &FidInception, images: &Tensor, batch: usize, mut progress:
 /// u8 or float; batches may have any size and are re-chunked to at most `batch` images).
 /// Mean and covariance are accumulated in f64 ([`StatsAccumulator`]); the result records
 /// [`NETWORK_NAME`] and [`RESIZE_NAME`]. `progress(done)` is called after each network batch.
-pub fn compute_stats<I>(net: &FidInception, images: I, batch: usize, mut progress: impl FnMut(usize)) -> Result<FidStats>
+pub fn compute_stats<I>(
+    net: &FidInception,
+    images: I,
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<FidStats>
 where
     I: IntoIterator<Item = Result<Tensor>>,
 {
@@ -91,7 +96,12 @@ where
 }
 
 /// [`compute_stats`] of one tensor of images.
-pub fn compute_stats_tensor(net: &FidInception, images: &Tensor, batch: usize, progress: impl FnMut(usize)) -> Result<FidStats> {
+pub fn compute_stats_tensor(
+    net: &FidInception,
+    images: &Tensor,
+    batch: usize,
+    progress: impl FnMut(usize),
+) -> Result<FidStats> {
     compute_stats(net, std::iter::once(Ok(images.shallow_clone())), batch, progress)
 }
 

@@ -39,12 +39,7 @@ impl FidStats {
     pub fn new(mu: &Tensor, sigma: &Tensor, n: u64, network: &str, resize: &str) -> Result<Self> {
         let d = mu.size();
         ensure!(d.len() == 1, "FID stats: mu must be 1-D, got shape {d:?}");
-        ensure!(
-            sigma.size() == [d[0], d[0]],
-            "FID stats: sigma must be [{0}, {0}], got {1:?}",
-            d[0],
-            sigma.size()
-        );
+        ensure!(sigma.size() == [d[0], d[0]], "FID stats: sigma must be [{0}, {0}], got {1:?}", d[0], sigma.size());
         let mu = mu.to_device(Device::Cpu).to_kind(Kind::Double);
         let sigma = sigma.to_device(Device::Cpu).to_kind(Kind::Double);
         Ok(Self { mu, sigma, n, network: network.to_string(), resize: resize.to_string() })
@@ -136,10 +131,8 @@ impl FidStats {
                 off.len() == 2 && off[1] <= data.len() && off[1] >= off[0] && off[1] - off[0] == numel * 8,
                 not_stats(format!("tensor {name} has bad data offsets {off:?}"))
             );
-            let v: Vec<f64> = data[off[0]..off[1]]
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
+            let v: Vec<f64> =
+                data[off[0]..off[1]].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 bail!(not_stats(format!("tensor {name} holds a non-finite value ({}) at element {i}", v[i])));
             }
@@ -154,7 +147,13 @@ impl FidStats {
         let d = mu_shape[0];
         let mu = read("mu", &[d])?;
         let sigma = read("sigma", &[d, d])?;
-        Ok(Self { mu, sigma, n, network: get("network").unwrap_or_default(), resize: get("resize").unwrap_or_default() })
+        Ok(Self {
+            mu,
+            sigma,
+            n,
+            network: get("network").unwrap_or_default(),
+            resize: get("resize").unwrap_or_default(),
+        })
     }
 }
 

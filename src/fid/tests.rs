@@ -116,14 +116,20 @@ fn fid_weights_errors_are_clear() {
     let dir = std::env::temp_dir().join(format!("msdiff-fid-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let e = FidInception::load(dir.join("nope.safetensors"), Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("not found") && e.contains("scripts/fetch-assets fid-weights") && e.contains("--weights"), "{e}");
+    assert!(
+        e.contains("not found") && e.contains("scripts/fetch-assets fid-weights") && e.contains("--weights"),
+        "{e}"
+    );
     assert!(!e.contains('\n'), "{e}");
 
     let wrong = dir.join("wrong.safetensors");
     let t = Tensor::zeros([32, 3, 3, 4], (Kind::Float, Device::Cpu));
     Tensor::write_safetensors(&[("conv.weight", &t)], &wrong).unwrap();
     let e = FidInception::load(&wrong, Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("not the FID Inception weights file") && e.contains("conv.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("not the FID Inception weights file") && e.contains("conv.weight") && e.contains("shape"),
+        "{e}"
+    );
 
     let t = Tensor::zeros([32, 3, 3, 3], (Kind::Float, Device::Cpu));
     Tensor::write_safetensors(&[("conv.weight", &t)], &wrong).unwrap();
@@ -167,7 +173,10 @@ fn default_weights_resolution() {
     // The variable wins, and must name a file.
     assert_eq!(resolve_weights(Some(shared_file.clone().into()), Some(&cache), &shared).unwrap(), shared_file);
     let e = format!("{:#}", resolve_weights(Some(d.join("nope").into()), Some(&cache), &shared).unwrap_err());
-    assert!(e.contains("MSDIFF_FID_WEIGHTS=") && e.contains("nope") && e.contains("scripts/fetch-assets fid-weights"), "{e}");
+    assert!(
+        e.contains("MSDIFF_FID_WEIGHTS=") && e.contains("nope") && e.contains("scripts/fetch-assets fid-weights"),
+        "{e}"
+    );
     // The dev-machine default is the shared asset's path.
     assert_eq!(Path::new(DEFAULT_WEIGHTS), assets::shared_path(Asset::FidWeights, Path::new(assets::SHARED_ROOT)));
     std::fs::remove_dir_all(&d).ok();
@@ -255,7 +264,9 @@ fn fid_resize_is_tf1_bilinear() {
     assert!(max_abs(&(m - Tensor::eye(299, (Kind::Float, Device::Cpu)))) == 0.0);
     // Random images, several sizes, against the pixel-by-pixel definition.
     tch::manual_seed(1);
-    for &(h, w, oh, ow) in &[(5usize, 7usize, 11usize, 13usize), (28, 28, 299, 299), (64, 40, 299, 299), (512, 300, 299, 299)] {
+    for &(h, w, oh, ow) in
+        &[(5usize, 7usize, 11usize, 13usize), (28, 28, 299, 299), (64, 40, 299, 299), (512, 300, 299, 299)]
+    {
         let x = Tensor::rand([2, 3, h as i64, w as i64], (Kind::Float, Device::Cpu)) * 255.0;
         let y = resize_tf1_bilinear(&x, oh as i64, ow as i64);
         assert_eq!(y.size(), [2, 3, oh as i64, ow as i64]);
@@ -408,7 +419,11 @@ fn fid_streaming_stats_match_two_pass_and_roundtrip() {
     let folder = dir.join("folder.safetensors");
     std::fs::create_dir_all(&folder).unwrap();
     assert!(st.save(&folder).unwrap_err().to_string().contains("it is a folder"));
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&dir).ok();
 

@@ -21,10 +21,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if dir.exists() {
-        bail!(
-            "cannot create folder {}: a file with that name exists",
-            dir.display()
-        );
+        bail!("cannot create folder {}: a file with that name exists", dir.display());
     }
     fs::create_dir_all(dir).flat_context(|| format!("cannot create folder {}", dir.display()))
 }
@@ -38,16 +35,9 @@ pub fn ensure_parent_dir(path: &Path) -> Result<()> {
 }
 
 fn temp_path(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("cannot write {}: the path has no file name", path.display()))?;
+    let name = path.file_name().ok_or_else(|| anyhow!("cannot write {}: the path has no file name", path.display()))?;
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_name = format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        n
-    );
+    let tmp_name = format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), n);
     Ok(path.with_file_name(tmp_name))
 }
 
@@ -64,8 +54,7 @@ where
     ensure_parent_dir(path)?;
     let tmp = temp_path(path)?;
     let result = (|| -> Result<()> {
-        let file = File::create(&tmp)
-            .flat_context(|| format!("cannot create temporary file {}", tmp.display()))?;
+        let file = File::create(&tmp).flat_context(|| format!("cannot create temporary file {}", tmp.display()))?;
         let mut w = BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| anyhow!("{}", e.error()))?;
@@ -78,11 +67,7 @@ where
         Ok(()) => {
             // Make the rename durable too (best effort: not every file system supports this).
             if let Some(parent) = path.parent() {
-                let parent = if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                };
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
                 if let Ok(d) = File::open(parent) {
                     let _ = d.sync_all();
                 }
@@ -141,11 +126,7 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("f.bin") && msg.contains("simulated"), "{msg}");
         assert_eq!(fs::read(&p).unwrap(), b"old");
-        assert_eq!(
-            fs::read_dir(&d).unwrap().count(),
-            1,
-            "temporary file left behind"
-        );
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "temporary file left behind");
         // A parent that is a file -> clear error.
         let err = write_atomic_bytes(&p.join("x"), b"z").unwrap_err();
         assert!(format!("{err:#}").contains("f.bin"), "{err:#}");

@@ -128,11 +128,7 @@ pub const GRID_PAD_VALUE: u8 = 128;
 /// Tiles `imgs` `[N, C, H, W]` row-major into a grid of `ncols` columns (rows as needed) with
 /// `padding` pixels of [`GRID_PAD_VALUE`] around and between cells; empty trailing cells are
 /// padding colour. Returns (width, height, channels, interleaved bytes).
-pub fn grid_pixels(
-    imgs: &Tensor,
-    ncols: usize,
-    padding: usize,
-) -> Result<(usize, usize, usize, Vec<u8>)> {
+pub fn grid_pixels(imgs: &Tensor, ncols: usize, padding: usize) -> Result<(usize, usize, usize, Vec<u8>)> {
     let s = imgs.size();
     if s.len() != 4 {
         bail!("a grid needs [N, C, H, W] images, got shape {s:?}");
@@ -186,11 +182,7 @@ pub struct DecodedImage {
 
 impl DecodedImage {
     pub fn to_tensor(&self) -> Tensor {
-        Tensor::from_slice(&self.data).reshape([
-            self.channels as i64,
-            self.height as i64,
-            self.width as i64,
-        ])
+        Tensor::from_slice(&self.data).reshape([self.channels as i64, self.height as i64, self.width as i64])
     }
 
     /// Grey -> RGB by repeating the plane (RGB is returned unchanged).
@@ -202,11 +194,7 @@ impl DecodedImage {
         for _ in 0..3 {
             data.extend_from_slice(&self.data);
         }
-        DecodedImage {
-            channels: 3,
-            data,
-            ..*self
-        }
+        DecodedImage { channels: 3, data, ..*self }
     }
 }
 
@@ -227,9 +215,7 @@ fn decode_png(bytes: &[u8]) -> Result<DecodedImage> {
     dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().map_err(|e| anyhow!("bad PNG: {e}"))?;
     let mut buf = vec![0u8; reader.output_buffer_size()];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| anyhow!("bad PNG: {e}"))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("bad PNG: {e}"))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let in_ch = match info.color_type {
         png::ColorType::Grayscale => 1,
@@ -257,20 +243,13 @@ fn decode_png(bytes: &[u8]) -> Result<DecodedImage> {
             .collect(),
         d => bail!("unexpected PNG bit depth {d:?} after expansion"),
     };
-    Ok(DecodedImage {
-        channels: keep,
-        height: h,
-        width: w,
-        data: deinterleave(h, w, in_ch, keep, &samples),
-    })
+    Ok(DecodedImage { channels: keep, height: h, width: w, data: deinterleave(h, w, in_ch, keep, &samples) })
 }
 
 fn decode_jpeg(bytes: &[u8]) -> Result<DecodedImage> {
     let mut dec = jpeg_decoder::Decoder::new(bytes);
     let px = dec.decode().map_err(|e| anyhow!("bad JPEG: {e}"))?;
-    let info = dec
-        .info()
-        .ok_or_else(|| anyhow!("bad JPEG: no frame header"))?;
+    let info = dec.info().ok_or_else(|| anyhow!("bad JPEG: no frame header"))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let in_ch = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => 1,
@@ -282,12 +261,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<DecodedImage> {
     }
     let lut = u8_lut();
     let samples: Vec<f32> = px.iter().map(|&u| lut[u as usize]).collect();
-    Ok(DecodedImage {
-        channels: in_ch,
-        height: h,
-        width: w,
-        data: deinterleave(h, w, in_ch, in_ch, &samples),
-    })
+    Ok(DecodedImage { channels: in_ch, height: h, width: w, data: deinterleave(h, w, in_ch, in_ch, &samples) })
 }
 
 /// Decodes PNG or JPEG bytes (recognised by their magic bytes, not by name). Alpha is dropped,
@@ -339,10 +313,7 @@ mod tests {
         let t = Tensor::from_slice(&[-1.0f32, 0.0, 1.0]).reshape([1, 1, 3]);
         let u = tensor_to_u8(&t).unwrap();
         assert_eq!(u.size(), vec![1, 1, 3]);
-        assert_eq!(
-            Vec::<u8>::try_from(u.reshape([-1])).unwrap(),
-            vec![0, 128, 255]
-        );
+        assert_eq!(Vec::<u8>::try_from(u.reshape([-1])).unwrap(), vec![0, 128, 255]);
     }
 
     #[test]
@@ -399,37 +370,13 @@ mod tests {
         use png::{BitDepth as B, ColorType as C};
         let u = |t: &DecodedImage| -> Vec<u8> { t.data.iter().map(|&x| f32_to_u8(x)).collect() };
         // grey + alpha: alpha dropped
-        let im = decode_image(&png_bytes(
-            2,
-            1,
-            C::GrayscaleAlpha,
-            B::Eight,
-            &[10, 0, 200, 255],
-            None,
-        ))
-        .unwrap();
+        let im = decode_image(&png_bytes(2, 1, C::GrayscaleAlpha, B::Eight, &[10, 0, 200, 255], None)).unwrap();
         assert_eq!((im.channels, u(&im)), (1, vec![10, 200]));
         // RGBA -> RGB planes
-        let im = decode_image(&png_bytes(
-            2,
-            1,
-            C::Rgba,
-            B::Eight,
-            &[1, 2, 3, 4, 5, 6, 7, 8],
-            None,
-        ))
-        .unwrap();
+        let im = decode_image(&png_bytes(2, 1, C::Rgba, B::Eight, &[1, 2, 3, 4, 5, 6, 7, 8], None)).unwrap();
         assert_eq!((im.channels, u(&im)), (3, vec![1, 5, 2, 6, 3, 7]));
         // 16-bit grey: 0, 65535, 32896 (= 128 * 257)
-        let im = decode_image(&png_bytes(
-            3,
-            1,
-            C::Grayscale,
-            B::Sixteen,
-            &[0, 0, 255, 255, 128, 128],
-            None,
-        ))
-        .unwrap();
+        let im = decode_image(&png_bytes(3, 1, C::Grayscale, B::Sixteen, &[0, 0, 255, 255, 128, 128], None)).unwrap();
         assert_eq!(u(&im), vec![0, 255, 128]);
         assert_eq!(im.data[1], 1.0);
         // palette -> RGB
@@ -437,8 +384,7 @@ mod tests {
         let im = decode_image(&png_bytes(2, 1, C::Indexed, B::Eight, &[1, 0], Some(&pal))).unwrap();
         assert_eq!((im.channels, u(&im)), (3, vec![0, 255, 0, 0, 255, 0]));
         // 1-bit grey -> 0 / 255
-        let im =
-            decode_image(&png_bytes(3, 1, C::Grayscale, B::One, &[0b1010_0000], None)).unwrap();
+        let im = decode_image(&png_bytes(3, 1, C::Grayscale, B::One, &[0b1010_0000], None)).unwrap();
         assert_eq!(u(&im), vec![255, 0, 255]);
         // Garbage and truncation give errors, not panics.
         let good = png_bytes(4, 4, C::Rgb, B::Eight, &[7u8; 48], None);
@@ -467,13 +413,7 @@ mod fixture_tests {
         let p = read_decoded(&dir.join("python.png")).unwrap();
         assert_eq!((j.channels, j.height, j.width), (3, 16, 16));
         assert_eq!((p.channels, p.height, p.width), (3, 16, 16));
-        let mad: f32 = j
-            .data
-            .iter()
-            .zip(&p.data)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f32>()
-            / j.data.len() as f32;
+        let mad: f32 = j.data.iter().zip(&p.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / j.data.len() as f32;
         // Lossy JPEG vs the lossless palette PNG: mean absolute difference of a few grey levels.
         assert!(mad < 0.1, "mean abs diff {mad}");
         eprintln!("jpeg vs png fixture: mean abs diff {mad:.4} (in [-1, 1] units)");

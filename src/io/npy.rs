@@ -105,18 +105,13 @@ impl<'a> HeaderParser<'a> {
                 self.i += 1;
                 Ok(())
             }
-            other => bail!(
-                "expected '{}' at byte {} of the header, found {:?}",
-                c as char,
-                self.i,
-                other.map(|b| b as char)
-            ),
+            other => {
+                bail!("expected '{}' at byte {} of the header, found {:?}", c as char, self.i, other.map(|b| b as char))
+            }
         }
     }
     fn string(&mut self) -> Result<String> {
-        let q = self
-            .peek()
-            .ok_or_else(|| anyhow!("unexpected end of header"))?;
+        let q = self.peek().ok_or_else(|| anyhow!("unexpected end of header"))?;
         if q != b'\'' && q != b'"' {
             bail!("expected a quoted string at byte {} of the header", self.i);
         }
@@ -143,8 +138,7 @@ impl<'a> HeaderParser<'a> {
         if self.s.get(self.i) == Some(&b'L') {
             self.i += 1;
         }
-        txt.parse::<i64>()
-            .map_err(|_| anyhow!("bad integer in header shape at byte {start}"))
+        txt.parse::<i64>().map_err(|_| anyhow!("bad integer in header shape at byte {start}"))
     }
     fn value(&mut self) -> Result<PyVal> {
         match self.peek() {
@@ -174,10 +168,7 @@ impl<'a> HeaderParser<'a> {
                 self.i += 5;
                 Ok(PyVal::Bool(false))
             }
-            _ => bail!(
-                "unsupported value at byte {} of the header (structured dtype?)",
-                self.i
-            ),
+            _ => bail!("unsupported value at byte {} of the header (structured dtype?)", self.i),
         }
     }
     fn dict(&mut self) -> Result<Vec<(String, PyVal)>> {
@@ -219,10 +210,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header> {
             if bytes.len() < 12 {
                 bail!("truncated .npy header");
             }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
         }
         v => bail!("unsupported .npy format version {v}.{}", bytes[7]),
     };
@@ -230,13 +218,8 @@ fn parse_header(bytes: &[u8]) -> Result<Header> {
         .checked_add(hlen)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| anyhow!("truncated .npy header (needs {hlen} bytes)"))?;
-    let mut p = HeaderParser {
-        s: &bytes[start..end],
-        i: 0,
-    };
-    let dict = p
-        .dict()
-        .flat_context(|| "malformed .npy header".to_string())?;
+    let mut p = HeaderParser { s: &bytes[start..end], i: 0 };
+    let dict = p.dict().flat_context(|| "malformed .npy header".to_string())?;
     let mut descr = None;
     let mut fortran = None;
     let mut shape = None;
@@ -255,12 +238,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header> {
         bail!("Fortran-order arrays are not supported; save with np.save(path, np.ascontiguousarray(a))");
     }
     let (dtype, big_endian) = parse_descr(&descr)?;
-    Ok(Header {
-        dtype,
-        big_endian,
-        shape,
-        data_offset: end,
-    })
+    Ok(Header { dtype, big_endian, shape, data_offset: end })
 }
 
 /// Decodes `.npy` bytes into a CPU tensor (`what` names the source in errors).
@@ -271,9 +249,8 @@ pub fn npy_from_bytes(bytes: &[u8], what: &str) -> Result<Tensor> {
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
         .ok_or_else(|| anyhow!("reading {what}: shape {:?} overflows", h.shape))?;
-    let nbytes = numel
-        .checked_mul(h.dtype.size())
-        .ok_or_else(|| anyhow!("reading {what}: shape {:?} overflows", h.shape))?;
+    let nbytes =
+        numel.checked_mul(h.dtype.size()).ok_or_else(|| anyhow!("reading {what}: shape {:?} overflows", h.shape))?;
     let data = &bytes[h.data_offset..];
     if data.len() < nbytes {
         bail!(
@@ -322,25 +299,10 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
 fn header_bytes(dtype: DType, shape: &[i64]) -> Vec<u8> {
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
-    let dict = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
-        dtype.descr(),
-        shape_txt
-    );
-    let (version, prefix) = if dict.len() + 1 + 10 <= 65535 {
-        (1u8, 10)
-    } else {
-        (2u8, 12)
-    };
+    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", dtype.descr(), shape_txt);
+    let (version, prefix) = if dict.len() + 1 + 10 <= 65535 { (1u8, 10) } else { (2u8, 12) };
     let unpadded = prefix + dict.len() + 1;
     let total = unpadded.div_ceil(64) * 64;
     let hlen = total - prefix;
@@ -363,9 +325,7 @@ fn header_bytes(dtype: DType, shape: &[i64]) -> Vec<u8> {
 pub fn npy_to_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let kind = t.kind();
     let dtype = DType::from_kind(kind).ok_or_else(|| {
-        anyhow!(
-            "cannot save a {kind:?} tensor as .npy (supported: Float, Double, Uint8, Int64, Int)"
-        )
+        anyhow!("cannot save a {kind:?} tensor as .npy (supported: Float, Double, Uint8, Int64, Int)")
     })?;
     let shape = t.size();
     let flat = t.to_device(tch::Device::Cpu).contiguous().reshape([-1]);
@@ -462,9 +422,7 @@ mod tests {
             Tensor::from_slice(&[0.25f32]).reshape([] as [i64; 0]),
             Tensor::zeros([0, 4], (Kind::Float, tch::Device::Cpu)),
             // non-contiguous input is written in logical C order
-            Tensor::arange(6, (Kind::Int64, tch::Device::Cpu))
-                .reshape([2, 3])
-                .transpose(0, 1),
+            Tensor::arange(6, (Kind::Int64, tch::Device::Cpu)).reshape([2, 3]).transpose(0, 1),
         ];
         for (i, t) in tensors.iter().enumerate() {
             let p = d.join(format!("a{i}.npy"));
@@ -488,25 +446,13 @@ mod tests {
             let err = npy_from_bytes(&good[..cut], "x.npy").unwrap_err();
             assert!(format!("{err:#}").contains("x.npy"), "{err:#}");
         }
-        let err = format!(
-            "{:#}",
-            npy_from_bytes(&good_with(&good, "False", "True "), "f").unwrap_err()
-        );
+        let err = format!("{:#}", npy_from_bytes(&good_with(&good, "False", "True "), "f").unwrap_err());
         assert!(err.contains("Fortran"), "{err}");
-        let err = format!(
-            "{:#}",
-            npy_from_bytes(&good_with(&good, "<f4", "<c8"), "f").unwrap_err()
-        );
+        let err = format!("{:#}", npy_from_bytes(&good_with(&good, "<f4", "<c8"), "f").unwrap_err());
         assert!(err.contains("dtype"), "{err}");
-        let err = format!(
-            "{:#}",
-            npy_from_bytes(&good_with(&good, "(2, 2)", "(2, x)"), "f").unwrap_err()
-        );
+        let err = format!("{:#}", npy_from_bytes(&good_with(&good, "(2, 2)", "(2, x)"), "f").unwrap_err());
         assert!(err.contains("header"), "{err}");
-        let err = format!(
-            "{:#}",
-            npy_from_bytes(&good_with(&good, "(2, 2)", "(9, 9)"), "f").unwrap_err()
-        );
+        let err = format!("{:#}", npy_from_bytes(&good_with(&good, "(2, 2)", "(9, 9)"), "f").unwrap_err());
         assert!(err.contains("truncated"), "{err}");
         let err = read_npy(Path::new("/nonexistent/q.npy")).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/q.npy"));
@@ -514,10 +460,7 @@ mod tests {
 
     fn good_with(b: &[u8], from: &str, to: &str) -> Vec<u8> {
         assert_eq!(from.len(), to.len());
-        let pos = b
-            .windows(from.len())
-            .position(|w| w == from.as_bytes())
-            .unwrap();
+        let pos = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
         let mut out = b.to_vec();
         out[pos..pos + from.len()].copy_from_slice(to.as_bytes());
         out

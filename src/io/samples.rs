@@ -25,9 +25,14 @@ pub fn write_samples(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
         // A previous, larger call into the same folder must not leave its extra images beside these.
         for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let stale = name.strip_suffix(".png").filter(|s| s.len() == 6).and_then(|s| s.parse::<usize>().ok()).is_some_and(|i| i >= n);
+            let stale = name
+                .strip_suffix(".png")
+                .filter(|s| s.len() == 6)
+                .and_then(|s| s.parse::<usize>().ok())
+                .is_some_and(|i| i >= n);
             if stale {
-                std::fs::remove_file(e.path()).with_context(|| format!("cannot remove the stale image {}", e.path().display()))?;
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("cannot remove the stale image {}", e.path().display()))?;
             }
         }
         for i in 0..n {
@@ -36,4 +41,3 @@ pub fn write_samples(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
     }
     Ok(())
 }
-

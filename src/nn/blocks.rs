@@ -4,10 +4,11 @@
 use tch::nn::Path;
 use tch::Tensor;
 
-use super::layers::{
-    add_skip, downsample, variance_scaling, upsample, Conv2d, Conv2dConfig, Dense, DenseConfig, GroupNorm, GroupNormConfig,
-};
 use super::config::Resample;
+use super::layers::{
+    add_skip, downsample, upsample, variance_scaling, Conv2d, Conv2dConfig, Dense, DenseConfig, GroupNorm,
+    GroupNormConfig,
+};
 
 /// Optional resampling inside a residual block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,13 +58,16 @@ pub struct ResBlock {
 impl ResBlock {
     pub fn new(p: &Path, cfg: ResBlockConfig) -> Self {
         let (i, o) = (cfg.in_channels, cfg.out_channels);
-        let norm0 = GroupNorm::new(&(p / "norm0"), GroupNormConfig { channels: i, groups: cfg.groups_in, eps: cfg.norm_eps });
+        let norm0 =
+            GroupNorm::new(&(p / "norm0"), GroupNormConfig { channels: i, groups: cfg.groups_in, eps: cfg.norm_eps });
         let conv0 = Conv2d::new(&(p / "conv0"), Conv2dConfig::same(i, o, 3));
         let temb_proj =
             Dense::new(&(p / "temb_proj"), DenseConfig { in_features: cfg.temb_dim, out_features: o, init_scale: 1.0 });
-        let norm1 = GroupNorm::new(&(p / "norm1"), GroupNormConfig { channels: o, groups: cfg.groups_out, eps: cfg.norm_eps });
+        let norm1 =
+            GroupNorm::new(&(p / "norm1"), GroupNormConfig { channels: o, groups: cfg.groups_out, eps: cfg.norm_eps });
         let conv1 = Conv2d::new(&(p / "conv1"), Conv2dConfig::same(o, o, 3).init_scale(cfg.init_scale));
-        let skip = (i != o || cfg.updown != Updown::None).then(|| Conv2d::new(&(p / "skip"), Conv2dConfig::same(i, o, 1)));
+        let skip =
+            (i != o || cfg.updown != Updown::None).then(|| Conv2d::new(&(p / "skip"), Conv2dConfig::same(i, o, 1)));
         Self { norm0, conv0, temb_proj, norm1, conv1, skip, cfg }
     }
 
@@ -120,7 +124,8 @@ pub struct AttnBlock {
 impl AttnBlock {
     pub fn new(p: &Path, cfg: AttnBlockConfig) -> Self {
         let c = cfg.channels;
-        let norm = GroupNorm::new(&(p / "norm"), GroupNormConfig { channels: c, groups: cfg.groups, eps: cfg.norm_eps });
+        let norm =
+            GroupNorm::new(&(p / "norm"), GroupNormConfig { channels: c, groups: cfg.groups, eps: cfg.norm_eps });
         // score_sde NIN: each of q, k, v is a C x C map initialised with scale 0.1 (fan_avg = C).
         let qkv = Conv2d::with_init(&(p / "qkv"), Conv2dConfig::same(c, 3 * c, 1), variance_scaling(c, c, 0.1));
         let proj_out = Conv2d::new(&(p / "proj_out"), Conv2dConfig::same(c, c, 1).init_scale(cfg.init_scale));

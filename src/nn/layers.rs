@@ -139,11 +139,7 @@ fn fir_kernel(x: &Tensor, gain: f64) -> Tensor {
         }
     }
     let c = x.size()[1];
-    Tensor::from_slice(&k)
-        .to_kind(x.kind())
-        .to_device(x.device())
-        .reshape([1, 1, 4, 4])
-        .expand([c, 1, 4, 4], false)
+    Tensor::from_slice(&k).to_kind(x.kind()).to_device(x.device()).reshape([1, 1, 4, 4]).expand([c, 1, 4, 4], false)
 }
 
 /// Halves the resolution. `[B, C, H, W] -> [B, C, H/2, W/2]`.

@@ -32,7 +32,13 @@ pub use unet::{Decoder, Encoder, MultiStageUNet};
 /// [`crate::objective::Objective`] conditions and routes.
 pub trait StagedNetwork {
     /// `x` `[B, C, H, W]`, `noise_label` `[B]` f32, `stage` `[B]` i64 -> `[B, C, H, W]`.
-    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor>;
+    fn forward_staged(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor>;
     /// As [`StagedNetwork::forward_staged`] with EDM's augmentation labels `[B, augment_dim]`
     /// (none: no augmentation, as at sampling). A network without an augment input refuses labels.
     fn forward_augmented(
@@ -62,7 +68,13 @@ pub struct WithAugment<'a> {
 }
 
 impl StagedNetwork for WithAugment<'_> {
-    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+    fn forward_staged(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor> {
         self.net.forward_augmented(x, noise_label, stage, Some(self.labels), train)
     }
     fn augment_dim(&self) -> usize {
@@ -107,7 +119,13 @@ impl Net {
 
     /// The network's own forward pass (inputs in the weights' kind; no augment labels): see
     /// [`MultiStageUNet::forward`] and [`SongUNet::forward`].
-    pub fn forward(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+    pub fn forward(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor> {
         match self {
             Net::Ncsnpp(n) => n.forward(x, noise_label, stage, train),
             Net::Ddpmpp(n) => n.forward(x, noise_label, stage, None, train),
@@ -124,7 +142,13 @@ impl Net {
 }
 
 impl StagedNetwork for Net {
-    fn forward_staged(&self, x: &tch::Tensor, noise_label: &tch::Tensor, stage: &tch::Tensor, train: bool) -> anyhow::Result<tch::Tensor> {
+    fn forward_staged(
+        &self,
+        x: &tch::Tensor,
+        noise_label: &tch::Tensor,
+        stage: &tch::Tensor,
+        train: bool,
+    ) -> anyhow::Result<tch::Tensor> {
         match self {
             Net::Ncsnpp(n) => n.forward_staged(x, noise_label, stage, train),
             Net::Ddpmpp(n) => n.forward_staged(x, noise_label, stage, train),

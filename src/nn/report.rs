@@ -228,12 +228,18 @@ pub fn report(cfg: &UNetConfig, boundaries_t: &[f64]) -> Result<ModelReport> {
     let interval_weights: Vec<f64> = b.windows(2).map(|w| (w[1] - w[0]) / span).collect();
 
     let (emb, mut enc, decs): (Cost, Cost, Vec<Cost>) = match cfg.family {
-        Family::Ncsnpp => {
-            (embedding_cost(cfg), encoder_cost(cfg), cfg.decoder_channels.iter().map(|&d| decoder_cost(cfg, d)).collect())
-        }
+        Family::Ncsnpp => (
+            embedding_cost(cfg),
+            encoder_cost(cfg),
+            cfg.decoder_channels.iter().map(|&d| decoder_cost(cfg, d)).collect(),
+        ),
         Family::Ddpmpp => {
             use super::ddpmpp::report as dr;
-            (dr::mapping_cost(cfg), dr::encoder_cost(cfg), cfg.decoder_channels.iter().map(|&d| dr::decoder_cost(cfg, d)).collect())
+            (
+                dr::mapping_cost(cfg),
+                dr::encoder_cost(cfg),
+                cfg.decoder_channels.iter().map(|&d| dr::decoder_cost(cfg, d)).collect(),
+            )
         }
     };
     enc += emb;
@@ -274,7 +280,11 @@ impl fmt::Display for ModelReport {
             "encoder (incl. time embedding {}): {} params, {:.3} GFLOP",
             self.embedding_params, self.encoder_params, self.encoder_gflops
         )?;
-        writeln!(f, "{:>5} {:>14} {:>12} {:>14} {:>12} {:>19} {:>8}", "stage", "decoder", "dec GFLOP", "network", "net GFLOP", "t interval", "weight")?;
+        writeln!(
+            f,
+            "{:>5} {:>14} {:>12} {:>14} {:>12} {:>19} {:>8}",
+            "stage", "decoder", "dec GFLOP", "network", "net GFLOP", "t interval", "weight"
+        )?;
         for j in 0..self.num_stages {
             writeln!(
                 f,

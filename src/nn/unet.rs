@@ -207,13 +207,17 @@ impl Decoder {
                 attns.push(attn(&(&lp / "attn" / 0), cfg, c));
             }
             let up = (i != 0).then(|| match cfg.resample_with {
-                ResampleWith::Resblock => UpStep::Res(Box::new(ResBlock::new(&(&lp / "up"), res_cfg(cfg, c, c, Updown::Up)))),
+                ResampleWith::Resblock => {
+                    UpStep::Res(Box::new(ResBlock::new(&(&lp / "up"), res_cfg(cfg, c, c, Updown::Up))))
+                }
                 ResampleWith::Conv => UpStep::Conv(ConvUp::new(&(&lp / "up"), c, c, cfg.resample)),
             });
             levels.push(DecLevel { blocks, attns, attn_per_block: cfg.decoder_attn == DecoderAttn::Block, up });
         }
-        let norm_out =
-            GroupNorm::new(&(p / "norm_out"), GroupNormConfig { channels: c, groups: cfg.groups(c), eps: cfg.norm_eps });
+        let norm_out = GroupNorm::new(
+            &(p / "norm_out"),
+            GroupNormConfig { channels: c, groups: cfg.groups(c), eps: cfg.norm_eps },
+        );
         let conv_out =
             Conv2d::new(&(p / "conv_out"), Conv2dConfig::same(c, cfg.in_channels, 3).init_scale(cfg.init_scale));
         Self { levels, norm_out, conv_out }
@@ -315,8 +319,8 @@ impl MultiStageUNet {
             "stage ids must be an integer tensor, got {:?}",
             stage.kind()
         );
-        let ids: Vec<i64> = Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu))
-            .context("reading stage ids")?;
+        let ids: Vec<i64> =
+            Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu)).context("reading stage ids")?;
         let s = self.num_stages() as i64;
         if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
             anyhow::bail!("stage id {bad} out of range: the network has {s} stage(s)");

@@ -34,8 +34,6 @@ pub fn default_sigma_data() -> f64 {
     0.5
 }
 
-
-
 impl Prediction {
     /// Multiplier applied to `x~` to form the network input: alpha (process space) or EDM's c_in.
     /// `sigma` and `alpha` are per-sample tensors broadcastable against `x`.

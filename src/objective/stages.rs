@@ -51,7 +51,13 @@ pub struct ObjectiveConfig {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        ObjectiveConfig { t_min: 1e-5, p_mean: -1.2, p_std: 1.2, policy: StagePolicy::Mixed, weights: StageWeights::Mass }
+        ObjectiveConfig {
+            t_min: 1e-5,
+            p_mean: -1.2,
+            p_std: 1.2,
+            policy: StagePolicy::Mixed,
+            weights: StageWeights::Mass,
+        }
     }
 }
 
@@ -64,9 +70,15 @@ pub fn normal_cdf(x: f64) -> f64 {
         + t * (1.00002368
             + t * (0.37409196
                 + t * (0.09678418
-                    + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+                    + t * (-0.18628806
+                        + t * (0.27886807
+                            + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
     let erfc = t * poly.exp();
-    if x >= 0.0 { 1.0 - 0.5 * erfc } else { 0.5 * erfc }
+    if x >= 0.0 {
+        1.0 - 0.5 * erfc
+    } else {
+        0.5 * erfc
+    }
 }
 
 /// The stages as intervals of the process and how to draw from them.
@@ -213,7 +225,11 @@ impl StageSampler {
                         return Ok(s);
                     }
                 }
-                bail!("stage {j} has too little mass under ln sigma ~ N({}, {}^2) to draw from", self.cfg.p_mean, self.cfg.p_std)
+                bail!(
+                    "stage {j} has too little mass under ln sigma ~ N({}, {}^2) to draw from",
+                    self.cfg.p_mean,
+                    self.cfg.p_std
+                )
             }
         }
     }
@@ -274,7 +290,8 @@ mod tests {
             let st = d.stage[i] as usize;
             assert_eq!(crate::cluster::stage_of_sigma(d.sigma[i], &b), st);
         }
-        let single = ObjectiveConfig { policy: StagePolicy::Single, weights: StageWeights::Uniform, ..Default::default() };
+        let single =
+            ObjectiveConfig { policy: StagePolicy::Single, weights: StageWeights::Uniform, ..Default::default() };
         let s = StageSampler::new(&vp, &single, &b).unwrap();
         let d = s.draw(64, &mut r).unwrap();
         assert!(d.stage.iter().all(|&x| x == d.stage[0]));

@@ -94,9 +94,13 @@ impl ProcessName {
         match self {
             ProcessName::Vp => ProcessConfig::default(),
             ProcessName::DdpmLinear => ProcessConfig::Ddpm { schedule: BetaSchedule::default(), steps: 1000 },
-            ProcessName::DdpmScaledLinear => ProcessConfig::Ddpm { schedule: BetaSchedule::scaled_linear_ldm(), steps: 1000 },
+            ProcessName::DdpmScaledLinear => {
+                ProcessConfig::Ddpm { schedule: BetaSchedule::scaled_linear_ldm(), steps: 1000 }
+            }
             ProcessName::DdpmCosine => ProcessConfig::Ddpm { schedule: BetaSchedule::cosine(), steps: 1000 },
-            ProcessName::Edm => ProcessConfig::Edm { sigma_min: edm::default_sigma_min(), sigma_max: edm::default_sigma_max() },
+            ProcessName::Edm => {
+                ProcessConfig::Edm { sigma_min: edm::default_sigma_min(), sigma_max: edm::default_sigma_max() }
+            }
         }
     }
 }

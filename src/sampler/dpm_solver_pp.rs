@@ -46,7 +46,13 @@ pub enum D2Weight {
 
 /// Walk the sigma grid (`steps + 1` points) with the per-step orders (len `steps`, each 1..=3,
 /// see [`super::multistep_orders`]).
-pub fn multistep(ev: &mut Evaluator, mut x: Tensor, sig: &[f64], orders: &[usize], d2_weight: D2Weight) -> Result<Tensor> {
+pub fn multistep(
+    ev: &mut Evaluator,
+    mut x: Tensor,
+    sig: &[f64],
+    orders: &[usize],
+    d2_weight: D2Weight,
+) -> Result<Tensor> {
     let steps = orders.len();
     // History of (lambda, model output), most recent last, at most 3 entries.
     let mut hist: Vec<(f64, Tensor)> = vec![(-sig[0].ln(), ev.denoise(&x, sig[0])?)];

@@ -41,11 +41,8 @@ pub fn euler_heun(
             0.0
         };
         let hat = cur + gamma * cur;
-        let x_hat = if gamma > 0.0 {
-            &x + ev.noise(streams) * ((hat * hat - cur * cur).sqrt() * churn.s_noise)
-        } else {
-            x
-        };
+        let x_hat =
+            if gamma > 0.0 { &x + ev.noise(streams) * ((hat * hat - cur * cur).sqrt() * churn.s_noise) } else { x };
         let d = (&x_hat - ev.denoise(&x_hat, hat)?) / hat;
         let mut x_next = &x_hat + &d * (next - hat);
         if heun && next > 0.0 {

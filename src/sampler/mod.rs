@@ -272,7 +272,11 @@ impl SamplerConfig {
             s_end > 0.0 && s_start.is_finite() && s_end < s_start,
             "{name}: the range t {t_end}..{t_start} maps to sigma {s_end}..{s_start}, which is not a positive increasing range"
         );
-        ensure!(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta), "{name}: eta must be in [0, 1] (got {})", self.eta);
+        ensure!(
+            self.eta.is_finite() && (0.0..=1.0).contains(&self.eta),
+            "{name}: eta must be in [0, 1] (got {})",
+            self.eta
+        );
         ensure!(self.rho.is_finite() && self.rho > 0.0, "{name}: rho must be positive and finite (got {})", self.rho);
         ensure!(self.s_churn.is_finite() && self.s_churn >= 0.0, "{name}: s_churn must be >= 0 (got {})", self.s_churn);
         ensure!(self.s_noise.is_finite() && self.s_noise >= 0.0, "{name}: s_noise must be >= 0 (got {})", self.s_noise);
@@ -305,10 +309,18 @@ impl SamplerConfig {
     /// not use, naming the option as `name` does (a CLI flag or a configuration key) and the
     /// samplers that use it, e.g. "--eta is used only by ddim; the sampler is heun".
     /// [`Self::validate`] runs it with [`Self::is_set`] and the configuration keys.
-    pub fn check_options(&self, is_set: impl Fn(SamplerOption) -> bool, name: impl Fn(SamplerOption) -> String) -> Result<()> {
+    pub fn check_options(
+        &self,
+        is_set: impl Fn(SamplerOption) -> bool,
+        name: impl Fn(SamplerOption) -> String,
+    ) -> Result<()> {
         for option in SamplerOption::ALL {
             if is_set(option) && !option.is_used_by(self) {
-                let with = if option == SamplerOption::Rho { format!(" with {} spacing", self.spacing()) } else { String::new() };
+                let with = if option == SamplerOption::Rho {
+                    format!(" with {} spacing", self.spacing())
+                } else {
+                    String::new()
+                };
                 bail!("{} is used only {}; the sampler is {}{with}", name(option), option.users(), self.kind);
             }
         }
@@ -385,7 +397,8 @@ impl SamplerOption {
 
     /// "by ddim", "by euler and heun", "with karras spacing (the default of euler and heun)".
     pub fn users(self) -> String {
-        let names: Vec<&str> = SamplerKind::ALL.into_iter().filter(|&k| self.kind_uses(k)).map(SamplerKind::name).collect();
+        let names: Vec<&str> =
+            SamplerKind::ALL.into_iter().filter(|&k| self.kind_uses(k)).map(SamplerKind::name).collect();
         let list = match names.split_last() {
             Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
             _ => names.join(""),
@@ -423,9 +436,7 @@ fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
     if n == 1 {
         return vec![a];
     }
-    (0..n)
-        .map(|i| if i + 1 == n { b } else { a + (b - a) * (i as f64) / ((n - 1) as f64) })
-        .collect()
+    (0..n).map(|i| if i + 1 == n { b } else { a + (b - a) * (i as f64) / ((n - 1) as f64) }).collect()
 }
 
 /// Karras et al. 2022 eq. 5: sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho,
@@ -705,7 +716,8 @@ pub fn sample(
             dpm_solver_pp::multistep(&mut ev, x, sig, &plan.orders, dpm_solver_pp::D2Weight::ThirdOrder)?
         }
         SamplerKind::Euler | SamplerKind::Heun => {
-            let churn = edm::Churn { s_churn: cfg.s_churn, s_tmin: cfg.s_tmin, s_tmax: cfg.s_tmax, s_noise: cfg.s_noise };
+            let churn =
+                edm::Churn { s_churn: cfg.s_churn, s_tmin: cfg.s_tmin, s_tmax: cfg.s_tmax, s_noise: cfg.s_noise };
             edm::euler_heun(&mut ev, x, sig, cfg.kind == SamplerKind::Heun, churn, streams)?
         }
     };

@@ -341,7 +341,9 @@ impl AugmentPipe {
             let m = self.cfg.translate_int_max;
             let shifts: Vec<(i64, i64)> = v
                 .iter()
-                .map(|&(wx, wy)| ((wx * w as f64 * m).round_ties_even() as i64, (wy * h as f64 * m).round_ties_even() as i64))
+                .map(|&(wx, wy)| {
+                    ((wx * w as f64 * m).round_ties_even() as i64, (wy * h as f64 * m).round_ties_even() as i64)
+                })
                 .collect();
             let mut idx = Vec::with_capacity((n * h * w) as usize);
             for &(tx, ty) in &shifts {
@@ -431,16 +433,31 @@ fn execute_geometric(images: &Tensor, g: &[M3]) -> Result<Tensor> {
     // Upsample 2x: zero insertion, then the reversed filter, along x then y.
     let taps = SYM6.len() as i64;
     let filt = |rev: bool| {
-        let v: Vec<f32> = if rev { SYM6.iter().rev().map(|&t| t as f32).collect() } else { SYM6.iter().map(|&t| t as f32).collect() };
+        let v: Vec<f32> =
+            if rev { SYM6.iter().rev().map(|&t| t as f32).collect() } else { SYM6.iter().map(|&t| t as f32).collect() };
         Tensor::from_slice(&v).to_kind(kind).to_device(dev)
     };
     let up = filt(true);
     let (hp, wp) = (h + my0 + my1, w + mx0 + mx1);
     let x = Tensor::stack(&[&x, &x.zeros_like()], 4).reshape([n, c, hp, 2 * wp]).narrow(3, 0, 2 * wp - 1);
-    let x = x.conv2d(&up.reshape([1, 1, 1, taps]).repeat([c, 1, 1, 1]), None::<&Tensor>, [1, 1], [0, (taps + 1) / 2], [1, 1], c);
+    let x = x.conv2d(
+        &up.reshape([1, 1, 1, taps]).repeat([c, 1, 1, 1]),
+        None::<&Tensor>,
+        [1, 1],
+        [0, (taps + 1) / 2],
+        [1, 1],
+        c,
+    );
     let w2 = x.size()[3];
     let x = Tensor::stack(&[&x, &x.zeros_like()], 3).reshape([n, c, 2 * hp, w2]).narrow(2, 0, 2 * hp - 1);
-    let x = x.conv2d(&up.reshape([1, 1, taps, 1]).repeat([c, 1, 1, 1]), None::<&Tensor>, [1, 1], [(taps + 1) / 2, 0], [1, 1], c);
+    let x = x.conv2d(
+        &up.reshape([1, 1, taps, 1]).repeat([c, 1, 1, 1]),
+        None::<&Tensor>,
+        [1, 1],
+        [(taps + 1) / 2, 0],
+        [1, 1],
+        c,
+    );
     let (h_up, w_up) = (x.size()[2] as f64, x.size()[3] as f64);
 
     // Sampling grid: the matrices in the upsampled image's normalised coordinates.
@@ -459,8 +476,22 @@ fn execute_geometric(images: &Tensor, g: &[M3]) -> Result<Tensor> {
 
     // Downsample 2x with the filter, then crop the padding.
     let down = filt(false);
-    let x = x.conv2d(&down.reshape([1, 1, 1, taps]).repeat([c, 1, 1, 1]), None::<&Tensor>, [1, 2], [0, (taps - 1) / 2], [1, 1], c);
+    let x = x.conv2d(
+        &down.reshape([1, 1, 1, taps]).repeat([c, 1, 1, 1]),
+        None::<&Tensor>,
+        [1, 2],
+        [0, (taps - 1) / 2],
+        [1, 1],
+        c,
+    );
     let x = x.narrow(3, hz_pad, x.size()[3] - 2 * hz_pad);
-    let x = x.conv2d(&down.reshape([1, 1, taps, 1]).repeat([c, 1, 1, 1]), None::<&Tensor>, [2, 1], [(taps - 1) / 2, 0], [1, 1], c);
+    let x = x.conv2d(
+        &down.reshape([1, 1, taps, 1]).repeat([c, 1, 1, 1]),
+        None::<&Tensor>,
+        [2, 1],
+        [(taps - 1) / 2, 0],
+        [1, 1],
+        c,
+    );
     Ok(x.narrow(2, hz_pad, x.size()[2] - 2 * hz_pad))
 }

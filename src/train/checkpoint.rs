@@ -127,7 +127,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("checkpoint {} does not exist", path.display());
     }
-    bail!("{} holds no checkpoint (expected a step-N folder with {STATE} and {WEIGHTS}, or a run folder)", path.display())
+    bail!(
+        "{} holds no checkpoint (expected a step-N folder with {STATE} and {WEIGHTS}, or a run folder)",
+        path.display()
+    )
 }
 
 /// Read a checkpoint's state alone (format and configuration checked), without its tensors.
@@ -141,7 +144,12 @@ fn read_state(dir: &Path) -> Result<State> {
     let text = std::fs::read_to_string(&spath).with_context(|| format!("cannot read {}", spath.display()))?;
     let state: State = serde_json::from_str(&text)
         .with_context(|| format!("{} is corrupt or not a msdiff checkpoint state", spath.display()))?;
-    ensure!(state.format == FORMAT, "{}: unsupported checkpoint format '{}' (expected {FORMAT})", spath.display(), state.format);
+    ensure!(
+        state.format == FORMAT,
+        "{}: unsupported checkpoint format '{}' (expected {FORMAT})",
+        spath.display(),
+        state.format
+    );
     state.config.validate().with_context(|| format!("{} holds an invalid configuration", spath.display()))?;
     Ok(state)
 }
@@ -158,7 +166,12 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
     let mut t = Tensors { model: vec![], ema: vec![], adam_m: vec![], adam_v: vec![] };
     for (name, v) in named {
         // Checkpoints hold f32 only (bf16 runs store their f32 masters); anything else was not written here.
-        ensure!(v.kind() == tch::Kind::Float, "{}: tensor '{name}' is {:?}, expected f32: not an msdiff checkpoint", wpath.display(), v.kind());
+        ensure!(
+            v.kind() == tch::Kind::Float,
+            "{}: tensor '{name}' is {:?}, expected f32: not an msdiff checkpoint",
+            wpath.display(),
+            v.kind()
+        );
         let (prefix, rest) = name.split_once('.').unwrap_or(("", &name));
         let entry = (rest.to_string(), v);
         match prefix {
@@ -174,4 +187,3 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
     }
     Ok((state, t))
 }
-

@@ -36,7 +36,10 @@ impl EmaConfig {
             _ => anyhow::bail!("set exactly one of ema.decay and ema.half_life_images"),
         }
         if let Some(r) = self.rampup_ratio {
-            ensure!(self.half_life_images.is_some(), "ema.rampup_ratio needs ema.half_life_images (EDM's ramp-up shortens the half-life)");
+            ensure!(
+                self.half_life_images.is_some(),
+                "ema.rampup_ratio needs ema.half_life_images (EDM's ramp-up shortens the half-life)"
+            );
             ensure!(r > 0.0 && r.is_finite(), "ema.rampup_ratio must be > 0, got {r}");
         }
         Ok(())

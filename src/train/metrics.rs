@@ -62,7 +62,12 @@ impl LossWindow {
         let line = MetricsLine {
             step,
             loss: self.sum / self.steps.max(1) as f64,
-            loss_by_stage: self.stage_sum.iter().zip(&self.stage_n).map(|(s, &n)| (n > 0).then(|| s / n as f64)).collect(),
+            loss_by_stage: self
+                .stage_sum
+                .iter()
+                .zip(&self.stage_n)
+                .map(|(s, &n)| (n > 0).then(|| s / n as f64))
+                .collect(),
             lr,
             grad_norm: self.grad_norm,
             images_per_s: self.images as f64 / secs,

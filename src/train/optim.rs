@@ -78,11 +78,18 @@ impl Default for OptimConfig {
 impl OptimConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.lr > 0.0 && self.lr.is_finite(), "optim.lr must be > 0, got {}", self.lr);
-        ensure!((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2), "optim.beta1/beta2 must be in [0, 1)");
+        ensure!(
+            (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
+            "optim.beta1/beta2 must be in [0, 1)"
+        );
         ensure!(self.eps > 0.0, "optim.eps must be > 0");
         ensure!(self.weight_decay >= 0.0, "optim.weight_decay must be >= 0");
         ensure!(self.grad_clip >= 0.0, "optim.grad_clip must be >= 0 (0 disables clipping)");
-        ensure!(self.warmup_images >= 0.0 && self.warmup_images.is_finite(), "optim.warmup_images must be >= 0, got {}", self.warmup_images);
+        ensure!(
+            self.warmup_images >= 0.0 && self.warmup_images.is_finite(),
+            "optim.warmup_images must be >= 0, got {}",
+            self.warmup_images
+        );
         ensure!(
             self.warmup_images == 0.0 || self.warmup_steps == 0,
             "set one of optim.warmup_steps and optim.warmup_images (the other to 0)"
@@ -169,7 +176,12 @@ impl Adam {
 
     /// Restore the state saved by [`Adam::export`]: every parameter's moments and step count
     /// must be present with the right shapes.
-    pub fn import(&mut self, m: &[(String, Tensor)], v: &[(String, Tensor)], steps: &BTreeMap<String, u64>) -> Result<()> {
+    pub fn import(
+        &mut self,
+        m: &[(String, Tensor)],
+        v: &[(String, Tensor)],
+        steps: &BTreeMap<String, u64>,
+    ) -> Result<()> {
         let e = self.export();
         crate::model::copy_into(&e.m, m, "Adam first moments")?;
         crate::model::copy_into(&e.v, v, "Adam second moments")?;
@@ -198,14 +210,20 @@ impl Adam {
         let grad_norm = if with_grad.is_empty() {
             0.0
         } else {
-            let parts: Vec<Tensor> = with_grad.iter().map(|(_, _, g)| g.to_kind(Kind::Double).square().sum(Kind::Double)).collect();
+            let parts: Vec<Tensor> =
+                with_grad.iter().map(|(_, _, g)| g.to_kind(Kind::Double).square().sum(Kind::Double)).collect();
             Tensor::stack(&parts, 0).sum(Kind::Double).double_value(&[]).sqrt()
         };
         ensure!(grad_norm.is_finite(), "the gradient norm is not finite ({grad_norm})");
-        let clip = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip { self.cfg.grad_clip / (grad_norm + 1e-6) } else { 1.0 };
+        let clip = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
+            self.cfg.grad_clip / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
         let c = &self.cfg;
         for (name, p, g) in &with_grad {
-            let AdamSlot { m, v, steps: t } = self.state.get_mut(*name).ok_or_else(|| anyhow::anyhow!("optimizer has no state for '{name}'"))?;
+            let AdamSlot { m, v, steps: t } =
+                self.state.get_mut(*name).ok_or_else(|| anyhow::anyhow!("optimizer has no state for '{name}'"))?;
             let mut p = (*p).shallow_clone();
             let mut g = if clip != 1.0 { *g * clip } else { (*g).shallow_clone() };
             if c.weight_decay > 0.0 {
@@ -274,7 +292,8 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let a = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
         let params = vec![("a".to_string(), a.shallow_clone())];
-        let cfg = OptimConfig { warmup_steps: 0, grad_clip: 1.0, lr: 1.0, beta1: 0.0, beta2: 0.0, ..Default::default() };
+        let cfg =
+            OptimConfig { warmup_steps: 0, grad_clip: 1.0, lr: 1.0, beta1: 0.0, beta2: 0.0, ..Default::default() };
         let mut opt = Adam::new(cfg, &params);
         let loss = (&a * &a).sum(Kind::Float) * 0.5; // grad = a = (3, 4), norm 5
         let grads = gradients(&loss, &params).unwrap();

@@ -6,14 +6,21 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 /// Sample a grid with the EMA weights: `samples/step-N.png`.
-pub fn write_samples(cfg: &ResolvedConfig, ema_net: &Network, run_dir: &Path, step: u64, device: Device) -> Result<PathBuf> {
+pub fn write_samples(
+    cfg: &ResolvedConfig,
+    ema_net: &Network,
+    run_dir: &Path,
+    step: u64,
+    device: Device,
+) -> Result<PathBuf> {
     let objective = cfg.build_objective()?;
     let den = objective.bind(&ema_net.net)?;
     let n = cfg.train.sample_count;
     let seeds: Vec<u64> = (0..n as u64).collect();
     let shape = [cfg.model.in_channels as i64, cfg.model.resolution as i64, cfg.model.resolution as i64];
     let sampler = cfg.train.sampler.clone().context("no sampler configured")?;
-    let out = crate::sampler::sample_seeds(&sampler, &den, &objective.process, &shape, &seeds, n, None, device, |_| {})?;
+    let out =
+        crate::sampler::sample_seeds(&sampler, &den, &objective.process, &shape, &seeds, n, None, device, |_| {})?;
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
     let cols = (n as f64).sqrt().ceil() as usize;
     crate::io::image::write_grid(&path, &out.x.clamp(-1.0, 1.0).to_device(Device::Cpu), cols, 2)?;
@@ -51,4 +58,3 @@ pub fn plot_losses(run_dir: &Path) -> Result<PathBuf> {
     p.save(&path)?;
     Ok(path)
 }
-

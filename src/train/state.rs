@@ -59,7 +59,13 @@ impl StepStats {
 
 impl TrainState {
     /// Fresh weights from `seed` (the EMA starts equal to them), Adam at zero.
-    pub fn new(model: &UNetConfig, optim: &OptimConfig, precision: Precision, seed: u64, device: Device) -> Result<Self> {
+    pub fn new(
+        model: &UNetConfig,
+        optim: &OptimConfig,
+        precision: Precision,
+        seed: u64,
+        device: Device,
+    ) -> Result<Self> {
         let (mut net, ema) = {
             let _rng = torch_rng();
             tch::manual_seed((seed ^ INIT_STREAM) as i64);
@@ -115,7 +121,16 @@ impl TrainState {
     /// network's precision, loss in f32), gradients, Adam on the fp32 masters at `lr`, the bf16
     /// copy refreshed, the EMA moved by `ema_decay`. `dropout_seed` seeds libtorch's generator
     /// for this forward pass. A non-finite loss updates nothing (see [`StepStats::diverged`]).
-    pub fn step(&mut self, objective: &Objective, x0: &Tensor, z: &Tensor, draws: &Draws, lr: f64, ema_decay: f64, dropout_seed: i64) -> Result<StepStats> {
+    pub fn step(
+        &mut self,
+        objective: &Objective,
+        x0: &Tensor,
+        z: &Tensor,
+        draws: &Draws,
+        lr: f64,
+        ema_decay: f64,
+        dropout_seed: i64,
+    ) -> Result<StepStats> {
         self.step_augmented(objective, x0, z, draws, None, lr, ema_decay, dropout_seed)
     }
 

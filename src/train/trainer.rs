@@ -7,8 +7,8 @@
 //! and libtorch's dropout RNG is re-seeded from (seed, s) before the forward pass. A resumed run
 //! therefore draws exactly what an uninterrupted one would, and with the restored weights, EMA and
 //! Adam state it continues bit for bit.
-use super::checkpoint;
 use super::augment::AugmentPipe;
+use super::checkpoint;
 use super::config::ResolvedConfig;
 use super::metrics::LossWindow;
 use super::report::{plot_losses, write_samples};
@@ -83,7 +83,8 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     let objective = cfg.build_objective()?;
     let stages = StageSampler::new(&objective.process, &cfg.objective, &objective.boundaries_sigma)?;
     let t = &cfg.train;
-    std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
     crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     let mut state = TrainState::new(&cfg.model, &cfg.optim, t.precision, t.seed, device)?;
@@ -109,7 +110,10 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     let augment = cfg.augment.enabled().then(|| AugmentPipe::new(cfg.augment.clone())).transpose()?;
     // What a training image costs under this run's stage policy (docs/EDM.md §5).
     let compute = cfg.compute()?;
-    crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("compute.json"), serde_json::to_string_pretty(&compute)?.as_bytes())?;
+    crate::io::atomic::write_atomic_bytes(
+        &opts.run_dir.join("compute.json"),
+        serde_json::to_string_pretty(&compute)?.as_bytes(),
+    )?;
     let (mut window_gflop, mut window_images) = (0.0, 0usize);
     let began = Instant::now();
     let mut window = LossWindow::new(stages.stages());
@@ -264,18 +268,37 @@ mod tests {
 
     #[test]
     fn out_of_memory_becomes_an_error_naming_the_batch_and_other_panics_propagate() {
-        let oom = |m: String| anyhow::anyhow!("out of memory at batch size 64 on Cuda(0); lower train.batch; libtorch: {m}");
+        let oom =
+            |m: String| anyhow::anyhow!("out of memory at batch size 64 on Cuda(0); lower train.batch; libtorch: {m}");
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let e = guard_oom(|| -> Result<()> { panic!("CUDA out of memory. Tried to allocate 2.00 GiB") }, &oom).unwrap_err();
+        let e =
+            guard_oom(|| -> Result<()> { panic!("CUDA out of memory. Tried to allocate 2.00 GiB") }, &oom).unwrap_err();
         assert!(e.to_string().contains("batch size 64") && e.to_string().contains("lower train.batch"), "{e}");
-        let e = guard_oom(|| -> Result<()> { bail!("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB") }, &oom).unwrap_err();
+        let e = guard_oom(
+            || -> Result<()> { bail!("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB") },
+            &oom,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("batch size 64"), "{e}");
         // libtorch 2.11's host allocator, verbatim (tests/train.rs provokes it for real).
         let cpu = "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 549755813888 bytes. Error code 12 (Cannot allocate memory)";
-        let e = guard_oom(|| -> Result<()> { panic!("called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: c10::ThrowEnforceNotMet\")") }, &oom).unwrap_err();
+        let e = guard_oom(
+            || -> Result<()> {
+                panic!(
+                    "called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: c10::ThrowEnforceNotMet\")"
+                )
+            },
+            &oom,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("batch size 64"), "{e}");
-        assert_eq!(crate::runtime::oom_core(&format!("called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: x\")")), &cpu[cpu.find("Default").unwrap()..]);
+        assert_eq!(
+            crate::runtime::oom_core(&format!(
+                "called `Result::unwrap()` on an `Err` value: Torch(\"{cpu}\\nframe #0: x\")"
+            )),
+            &cpu[cpu.find("Default").unwrap()..]
+        );
         let cuda = "CUDA out of memory. Tried to allocate 512.00 GiB. GPU 0 has a total capacity of 79.19 GiB";
         assert_eq!(crate::runtime::oom_core(&format!("Torch(\"{cuda}\")")), cuda);
         let e = guard_oom(|| -> Result<()> { bail!("shape mismatch") }, &oom).unwrap_err();

@@ -57,7 +57,14 @@ pub fn setup(overrides: &str) -> (ResolvedConfig, Dataset) {
 }
 
 pub fn opts(run: &Path, resume: Option<PathBuf>, stop_after: Option<u64>) -> TrainOptions {
-    TrainOptions { run_dir: run.to_path_buf(), resume, device: Device::Cpu, progress: false, stop_after, write_samples: false }
+    TrainOptions {
+        run_dir: run.to_path_buf(),
+        resume,
+        device: Device::Cpu,
+        progress: false,
+        stop_after,
+        write_samples: false,
+    }
 }
 
 pub fn all_tensors(ck: &Path) -> Vec<(String, tch::Tensor)> {
@@ -68,7 +75,6 @@ pub fn all_tensors(ck: &Path) -> Vec<(String, tch::Tensor)> {
     }
     v
 }
-
 
 /// Trains `cfg` straight through, and again stopped half-way and resumed from its checkpoint; asserts
 /// that both end with identical tensors (weights, EMA, Adam moments) and log identical losses after
@@ -128,12 +134,16 @@ pub fn assert_out_of_memory_is_a_clear_error(device: Device, name: &str) {
     let ds = data::load("builtin", &LoadOptions { count: 32, resolution: 256, ..Default::default() }).unwrap();
     let cfg = tc.resolve(Path::new("."), ds.image_shape()).unwrap();
     let run = tmp(&format!("{name}-oom"));
-    let e = trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&run, None, None) }).err().expect("a 512 GiB attention map must not fit");
+    let e = trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&run, None, None) })
+        .err()
+        .expect("a 512 GiB attention map must not fit");
     let msg = format!("{e:#}");
     assert!(msg.contains("out of memory at batch size 32"), "{msg}");
     assert!(msg.contains("lower train.batch") && msg.contains("no checkpoint was written yet"), "{msg}");
     assert!(checkpoint::list(&run.join("checkpoints")).unwrap().is_empty(), "no checkpoint may appear");
     let (cfg, ds) = setup("steps = 2");
-    let out = trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&tmp(&format!("{name}-after-oom")), None, None) }).unwrap();
+    let out =
+        trainer::train(&cfg, &ds, &TrainOptions { device, ..opts(&tmp(&format!("{name}-after-oom")), None, None) })
+            .unwrap();
     assert_eq!(out.step, 2);
 }

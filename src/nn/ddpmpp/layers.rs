@@ -33,7 +33,8 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: &Path, in_features: usize, out_features: usize, bias: bool) -> Self {
-        let weight = p.var("weight", &[out_features as i64, in_features as i64], xavier_uniform(in_features, out_features, 1.0));
+        let weight =
+            p.var("weight", &[out_features as i64, in_features as i64], xavier_uniform(in_features, out_features, 1.0));
         let bias = bias.then(|| p.var("bias", &[out_features as i64], Init::Const(0.0)));
         Linear { weight, bias }
     }
@@ -63,7 +64,15 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn new(p: &Path, cin: usize, cout: usize, kernel: usize, sampling: Sampling, resample: Resample, gain: f64) -> Self {
+    pub fn new(
+        p: &Path,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        sampling: Sampling,
+        resample: Resample,
+        gain: f64,
+    ) -> Self {
         let k2 = kernel * kernel;
         let (i, o, k) = (cin as i64, cout as i64, kernel as i64);
         let weight = p.var("weight", &[o, i, k, k], xavier_uniform(cin * k2, cout * k2, gain));
@@ -122,13 +131,16 @@ pub struct UNetBlock {
 impl UNetBlock {
     pub fn new(p: &Path, cfg: BlockConfig) -> Self {
         let (i, o, r) = (cfg.cin, cfg.cout, cfg.resample);
-        let gn = |name: &str, c: usize, g: usize| GroupNorm::new(&(p / name), GroupNormConfig { channels: c, groups: g, eps: cfg.eps });
+        let gn = |name: &str, c: usize, g: usize| {
+            GroupNorm::new(&(p / name), GroupNormConfig { channels: c, groups: g, eps: cfg.eps })
+        };
         let norm0 = gn("norm0", i, cfg.groups_in);
         let conv0 = Conv::new(&(p / "conv0"), i, o, 3, cfg.sampling, r, 1.0);
         let affine = Linear::new(&(p / "affine"), cfg.emb, o, true);
         let norm1 = gn("norm1", o, cfg.groups_out);
         let conv1 = Conv::new(&(p / "conv1"), o, o, 3, Sampling::None, r, 1e-5);
-        let skip = (i != o || cfg.sampling != Sampling::None).then(|| Conv::new(&(p / "skip"), i, o, 1, cfg.sampling, r, 1.0));
+        let skip =
+            (i != o || cfg.sampling != Sampling::None).then(|| Conv::new(&(p / "skip"), i, o, 1, cfg.sampling, r, 1.0));
         let attn = cfg.attention.then(|| {
             (
                 gn("norm2", o, cfg.groups_out),
@@ -194,7 +206,8 @@ pub struct Mapping {
 impl Mapping {
     pub fn new(p: &Path, noise_channels: usize, emb_channels: usize, augment_dim: usize) -> Self {
         Mapping {
-            map_augment: (augment_dim > 0).then(|| Linear::new(&(p / "map_augment"), augment_dim, noise_channels, false)),
+            map_augment: (augment_dim > 0)
+                .then(|| Linear::new(&(p / "map_augment"), augment_dim, noise_channels, false)),
             map_layer0: Linear::new(&(p / "map_layer0"), noise_channels, emb_channels, true),
             map_layer1: Linear::new(&(p / "map_layer1"), emb_channels, emb_channels, true),
             noise_channels,

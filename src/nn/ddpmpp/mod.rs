@@ -174,15 +174,29 @@ impl Trunk {
         for (i, m) in cfg.channel_mult.iter().enumerate() {
             let r = cfg.level_resolution(i);
             if i == 0 {
-                let conv = Conv::new(&(&e / format!("{r}x{r}_conv")), cfg.in_channels, c, 3, Sampling::None, cfg.resample, 1.0);
+                let conv = Conv::new(
+                    &(&e / format!("{r}x{r}_conv")),
+                    cfg.in_channels,
+                    c,
+                    3,
+                    Sampling::None,
+                    cfg.resample,
+                    1.0,
+                );
                 enc.push(EncLayer::Conv(conv));
             } else {
-                enc.push(EncLayer::Block(UNetBlock::new(&(&e / format!("{r}x{r}_down")), block(cfg, c, c, Sampling::Down, false))));
+                enc.push(EncLayer::Block(UNetBlock::new(
+                    &(&e / format!("{r}x{r}_down")),
+                    block(cfg, c, c, Sampling::Down, false),
+                )));
             }
             let attn = cfg.attn_resolutions.contains(&r);
             for b in 0..cfg.num_res_blocks {
                 let o = cfg.base_channels * m;
-                enc.push(EncLayer::Block(UNetBlock::new(&(&e / format!("{r}x{r}_block{b}")), block(cfg, c, o, Sampling::None, attn))));
+                enc.push(EncLayer::Block(UNetBlock::new(
+                    &(&e / format!("{r}x{r}_block{b}")),
+                    block(cfg, c, o, Sampling::None, attn),
+                )));
                 c = o;
             }
         }
@@ -190,7 +204,13 @@ impl Trunk {
     }
 
     /// `(emb, skips)`; the last skip is the bottleneck input.
-    pub fn forward(&self, x: &Tensor, noise_label: &Tensor, augment: Option<&Tensor>, train: bool) -> (Tensor, Vec<Tensor>) {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        noise_label: &Tensor,
+        augment: Option<&Tensor>,
+        train: bool,
+    ) -> (Tensor, Vec<Tensor>) {
         let emb = self.mapping.forward(noise_label, augment);
         let mut skips: Vec<Tensor> = Vec::with_capacity(self.enc.len());
         for layer in &self.enc {
@@ -238,9 +258,12 @@ impl Decoder {
             }
         }
         let r = cfg.resolution;
-        let aux_norm =
-            GroupNorm::new(&(p / format!("{r}x{r}_aux_norm")), GroupNormConfig { channels: c, groups: cfg.groups(c), eps: cfg.norm_eps });
-        let aux_conv = Conv::new(&(p / format!("{r}x{r}_aux_conv")), c, cfg.in_channels, 3, Sampling::None, cfg.resample, 1e-5);
+        let aux_norm = GroupNorm::new(
+            &(p / format!("{r}x{r}_aux_norm")),
+            GroupNormConfig { channels: c, groups: cfg.groups(c), eps: cfg.norm_eps },
+        );
+        let aux_conv =
+            Conv::new(&(p / format!("{r}x{r}_aux_conv")), c, cfg.in_channels, 3, Sampling::None, cfg.resample, 1e-5);
         Decoder { blocks, aux_norm, aux_conv }
     }
 
@@ -271,12 +294,20 @@ pub struct SongUNet {
 impl SongUNet {
     /// Builds the variables under `vs` (names in the module docs).
     pub fn new(vs: &Path, cfg: &UNetConfig) -> Result<Self> {
-        ensure!(cfg.family == Family::Ddpmpp, "SongUNet builds family = \"ddpmpp\" configurations, got {:?}", cfg.family);
+        ensure!(
+            cfg.family == Family::Ddpmpp,
+            "SongUNet builds family = \"ddpmpp\" configurations, got {:?}",
+            cfg.family
+        );
         cfg.validate()?;
         let (trunks, decoders) = match cfg.architecture {
             Architecture::Multistage => (
                 vec![Trunk::new(vs, cfg)],
-                cfg.decoder_channels.iter().enumerate().map(|(j, &d)| Decoder::new(&(vs / "decs" / j), cfg, d)).collect(),
+                cfg.decoder_channels
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &d)| Decoder::new(&(vs / "decs" / j), cfg, d))
+                    .collect(),
             ),
             Architecture::Separate => cfg
                 .decoder_channels
@@ -313,7 +344,14 @@ impl SongUNet {
     }
 
     /// Runs every sample through stage `stage`. Panics if `stage` is out of range.
-    pub fn forward_stage(&self, x: &Tensor, noise_label: &Tensor, augment: Option<&Tensor>, stage: usize, train: bool) -> Tensor {
+    pub fn forward_stage(
+        &self,
+        x: &Tensor,
+        noise_label: &Tensor,
+        augment: Option<&Tensor>,
+        stage: usize,
+        train: bool,
+    ) -> Tensor {
         let trunk = match self.cfg.architecture {
             Architecture::Multistage => &self.trunks[0],
             Architecture::Separate => &self.trunks[stage],
@@ -325,11 +363,21 @@ impl SongUNet {
     /// `x: [B, C, R, R]`, `noise_label: [B]` (EDM's c_noise = ln(sigma)/4), `stage: [B]` ints,
     /// `augment: [B, augment_dim]` (training with augmentation) or none (sampling: EDM passes no
     /// labels, which equals zero labels as `map_augment` has no bias) -> `[B, C, R, R]`.
-    pub fn forward(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, augment: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        noise_label: &Tensor,
+        stage: &Tensor,
+        augment: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let sz = x.size();
         ensure!(
-            sz.len() == 4 && sz[1] == c.in_channels as i64 && sz[2] == c.resolution as i64 && sz[3] == c.resolution as i64,
+            sz.len() == 4
+                && sz[1] == c.in_channels as i64
+                && sz[2] == c.resolution as i64
+                && sz[3] == c.resolution as i64,
             "input must be [B, {ch}, {r}, {r}], got {sz:?}",
             ch = c.in_channels,
             r = c.resolution
@@ -338,7 +386,12 @@ impl SongUNet {
         ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
         if let Some(a) = augment {
             ensure!(c.augment_dim > 0, "this network takes no augment labels (augment_dim = 0)");
-            ensure!(a.size() == [b, c.augment_dim as i64], "augment labels must have shape [{b}, {}], got {:?}", c.augment_dim, a.size());
+            ensure!(
+                a.size() == [b, c.augment_dim as i64],
+                "augment labels must have shape [{b}, {}], got {:?}",
+                c.augment_dim,
+                a.size()
+            );
         }
         ensure!(stage.size() == [b], "stage ids must have shape [{b}], got {:?}", stage.size());
         ensure!(
@@ -346,7 +399,8 @@ impl SongUNet {
             "stage ids must be an integer tensor, got {:?}",
             stage.kind()
         );
-        let ids: Vec<i64> = Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu)).context("reading stage ids")?;
+        let ids: Vec<i64> =
+            Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu)).context("reading stage ids")?;
         let s = self.num_stages() as i64;
         if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
             bail!("stage id {bad} out of range: the network has {s} stage(s)");
@@ -359,7 +413,8 @@ impl SongUNet {
             return Ok(self.forward_stage(x, noise_label, augment, j, train));
         }
         let mut out = x.zeros_like();
-        let shared = (c.architecture == Architecture::Multistage).then(|| self.trunks[0].forward(x, noise_label, augment, train));
+        let shared = (c.architecture == Architecture::Multistage)
+            .then(|| self.trunks[0].forward(x, noise_label, augment, train));
         for (j, g) in groups.iter().enumerate() {
             if g.is_empty() {
                 continue;
@@ -385,7 +440,14 @@ impl super::StagedNetwork for SongUNet {
     fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_augmented(x, noise_label, stage, None, train)
     }
-    fn forward_augmented(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, augment: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    fn forward_augmented(
+        &self,
+        x: &Tensor,
+        noise_label: &Tensor,
+        stage: &Tensor,
+        augment: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let k = self.kind();
         if x.kind() == k {
             return self.forward(x, noise_label, stage, augment, train);
