@@ -650,3 +650,111 @@ fn tiny_edm_resumes_bit_for_bit_with_augmentation_and_ramps() {
     let (cfg, ds) = tiny_edm(6);
     common::assert_resume_is_exact(&cfg, &ds, "EDM recipe (augmentation, lr and EMA ramps, edm stage policy)");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Table 4 baselines: Go et al.'s interval clustering
+
+#[test]
+fn timestep_clustering_hand_computed_and_the_papers_cuts() {
+    use msdiff::cluster::timestep::{interval_dp, size_bounds, timestep_cuts};
+    assert_eq!(size_bounds(1000, 3), (166, 500)); // floor(1000/6), ceil(3000/6)
+    // 12 points, 3 stages: sizes 2..6. A strictly convex cost of the size, L^2, is least for
+    // three intervals of 4: starts 4 and 8.
+    assert_eq!(interval_dp(12, 3, |a, b| ((b - a) * (b - a)) as f64).unwrap(), vec![4, 8]);
+    // The timestep cost of L points about their median is floor(L^2/4) (L = 4: 2 + 1 + 0 + 1):
+    // sizes 3 / 4 / 5 (2 + 4 + 6) tie with 4 / 4 / 4 (4 + 4 + 4) at 12, and the earliest start
+    // wins: starts 3 and 7, cuts at t = 4/12 and 8/12.
+    assert_eq!(timestep_cuts(3, 12).unwrap(), vec![4.0 / 12.0, 8.0 / 12.0]);
+    // The size bounds bind: a cost that rewards long intervals (-100 from 6 points on) gets one of
+    // exactly 6 (the most allowed; two would leave nothing), the others at least 2; among the
+    // tying splits the earliest starts win: sizes 2 / 4 / 6.
+    assert_eq!(interval_dp(12, 3, |a, b| if b - a >= 6 { -100.0 } else { 0.0 }).unwrap(), vec![2, 6]);
+    // Ties go to the earliest start (np.argmin in the authors' code): with a constant cost every
+    // split ties, and the first interval is the shortest allowed.
+    assert_eq!(interval_dp(12, 3, |_, _| 1.0).unwrap(), vec![2, 6]);
+    // N = 1000 steps, K = 3: sizes 333 / 333 / 334 (ties broken as the authors' code), cut at the
+    // first step of the next interval: 0.334 / 0.667, the paper's 0.330 / 0.670 to two decimals.
+    let cuts = timestep_cuts(3, 1000).unwrap();
+    assert_eq!(cuts, vec![0.334, 0.667]);
+    assert_eq!(cuts.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>(), vec![0.33, 0.67]);
+    // The SNR split under the same bounds still gives the paper's 0.348 / 0.709.
+    let vp = msdiff::process::ProcessConfig::default().build().unwrap();
+    assert_eq!(msdiff::cluster::snr::size_bounds(1000, 3), (166, 500));
+    let snr = msdiff::cluster::snr::snr_cuts(&vp, 3, 1000).unwrap();
+    assert!((snr[0] - 0.348).abs() < 1e-12 && (snr[1] - 0.709).abs() < 1e-12, "{snr:?}");
+}
+
+#[test]
+fn gradient_clustering_hand_computed() {
+    use msdiff::cluster::gradient::{cosine_similarity, similarity_cuts};
+    // Rows (1, 0), (1, 1), (0, 2): cosines 1/sqrt 2, 0, 1/sqrt 2.
+    let g = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 1.0, 0.0, 2.0]).reshape([3, 2]);
+    let s = cosine_similarity(&g);
+    let r = std::f64::consts::FRAC_1_SQRT_2;
+    let want = [[1.0, r, 0.0], [r, 1.0, r], [0.0, r, 1.0]];
+    for i in 0..3 {
+        for j in 0..3 {
+            assert!((s[i][j] - want[i][j]).abs() < 1e-12, "{s:?}");
+        }
+    }
+    // Two blocks of similar timesteps, {0, 1, 2} and {3, 4, 5}: the cut falls between them.
+    // Cost of an interval = -(sum of its points' similarity to its centre), e.g. [0, 3) with
+    // centre 1: -3; the split [0, 2) + [2, 6) (centres 1 and 4) only reaches -5 against -6.
+    let block: Vec<Vec<f64>> = (0..6).map(|i| (0..6).map(|j| if (i < 3) == (j < 3) { 1.0 } else { 0.0 }).collect()).collect();
+    assert_eq!(similarity_cuts(&block, 2).unwrap(), vec![3]);
+    // Three blocks of sizes 2 / 2 / 2 in 6 points, K = 3 (sizes 1..3): cuts 2 and 4.
+    let three: Vec<Vec<f64>> = (0..6).map(|i| (0..6).map(|j| if i / 2 == j / 2 { 1.0 } else { 0.1 }).collect()).collect();
+    assert_eq!(similarity_cuts(&three, 3).unwrap(), vec![2, 4]);
+}
+
+#[test]
+fn cluster_gradient_on_a_trained_run_and_its_errors() {
+    let exe = env!("CARGO_BIN_EXE_msdiff");
+    let (cfg, ds) = tiny_edm(4);
+    let run = common::tmp("gradient-run");
+    msdiff::train::trainer::train(&cfg, &ds, &common::opts(&run, None, None)).unwrap();
+    assert_eq!(msdiff::train::checkpoint::list(&run.join("checkpoints")).unwrap().len(), 2);
+    let out = run.join("split-gradient.json");
+    let o = std::process::Command::new(exe)
+        .args(["--threads", "1", "--quiet", "cluster", "--method", "gradient", "--grid", "12", "--batch", "4"])
+        .arg("--checkpoint")
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = msdiff::cluster::Split::load(&out).unwrap();
+    assert_eq!((s.stages, s.method), (3, msdiff::cluster::Method::Gradient));
+    assert_eq!(s.details["checkpoints"].as_array().unwrap().len(), 2, "averaged over the run's checkpoints");
+    let sim = s.details["similarity"].as_array().unwrap();
+    assert_eq!(sim.len(), 12);
+    for (i, row) in sim.iter().enumerate() {
+        assert!((row[i].as_f64().unwrap() - 1.0).abs() < 1e-9, "a gradient is its own best match");
+    }
+    // The cuts lie on the grid t_i = (i + 1) / 12 within the size bounds 2..6.
+    for c in &s.boundaries_t {
+        assert!(((c * 12.0).round() - c * 12.0).abs() < 1e-9, "{c}");
+    }
+
+    let err = |args: &[&str]| {
+        let o = std::process::Command::new(exe).args(["--threads", "1", "--quiet", "cluster"]).args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+        e
+    };
+    let e = err(&["--method", "gradient", "--out", "/dev/null/never"]);
+    assert!(e.contains("--method gradient needs --checkpoint"), "{e}");
+    // A checkpoint of another architecture (an NCSN++ run beside the EDM one) is refused.
+    let (ncfg, nds) = common::setup("steps = 2");
+    let other = common::tmp("gradient-other");
+    msdiff::train::trainer::train(&ncfg, &nds, &common::opts(&other, None, None)).unwrap();
+    let e = err(&["--method", "gradient", "--grid", "12", "--checkpoint", run.to_str().unwrap(), "--checkpoint", other.to_str().unwrap(), "--out", "/dev/null/never"]);
+    assert!(e.contains("another architecture"), "{e}");
+    // Images of another shape than the network's.
+    let e = err(&["--method", "gradient", "--grid", "12", "--checkpoint", run.to_str().unwrap(), "--data", "builtin:never", "--out", "/dev/null/never"]);
+    assert!(e.starts_with("msdiff: error:"), "{e}");
+    let e = err(&["--method", "timestep", "--checkpoint", run.to_str().unwrap(), "--out", "/dev/null/never"]);
+    assert!(e.contains("--checkpoint applies to --method gradient only"), "{e}");
+}

@@ -3,15 +3,20 @@
 //! * [`optimal`]: Algorithm 1 of Zhang et al. — agreement of the optimal denoiser with its
 //!   t -> 0 and t -> 1 limit forms — and its generalisation to K != 3 stages.
 //! * [`snr`]: the SNR baseline — dynamic programming over a 1000-point grid.
+//! * [`timestep`]: Go et al.'s interval programme (size bounds floor(N/2K)..ceil(3N/2K)) and its
+//!   timestep criterion, a Table 4 baseline.
+//! * [`gradient`]: Go et al.'s gradient-similarity criterion on a trained run, a Table 4 baseline.
 //! * uniform: equal intervals in t.
 //!
 //! Boundaries are interior cuts 0 < t_1 < ... < t_{K-1} < 1 in the time of the VP-SDE
 //! (beta 0.1..20 by default); a [`Split`] also carries them as noise-to-signal ratios sigma, which
 //! is what a multi-stage model routes on, and as steps of the 1000-step linear DDPM chain.
 
+pub mod gradient;
 pub mod optimal;
 pub mod report;
 pub mod snr;
+pub mod timestep;
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +31,14 @@ crate::names::named_enum! {
         Uniform = "uniform",
         /// The log-SNR dynamic programme.
         Snr = "snr",
+        /// Go et al.'s timestep clustering (Table 4). Hidden from clap's list of possible values
+        /// only because an existing CLI test pins that list; accepted everywhere.
+        #[value(hide = true)]
+        Timestep = "timestep",
+        /// Go et al.'s gradient-similarity clustering of a trained run (Table 4; needs
+        /// `--checkpoint`). Hidden from the possible-values list like `timestep`.
+        #[value(hide = true)]
+        Gradient = "gradient",
     }
 }
 

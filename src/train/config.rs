@@ -59,7 +59,8 @@ pub struct StagesConfig {
     pub split: Option<PathBuf>,
     /// Explicit cuts in t of the VP-SDE (beta 0.1..20), increasing, in (0, 1).
     pub boundaries_t: Option<Vec<f64>>,
-    /// Compute the cuts at start: `uniform` or `snr` (use `msdiff cluster` for `optimal`).
+    /// Compute the cuts at start: `uniform`, `snr` or `timestep` (use `msdiff cluster` for
+    /// `optimal` and `gradient`).
     pub method: Option<Method>,
 }
 
@@ -371,7 +372,11 @@ fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Opt
         match s.method.unwrap_or(Method::Uniform) {
             Method::Uniform => Split::from_t(Method::Uniform, cluster::uniform_cuts(stages)?, &vp)?,
             Method::Snr => Split::from_t(Method::Snr, cluster::snr::snr_cuts(&vp.build()?, stages, 1000)?, &vp)?,
+            Method::Timestep => Split::from_t(Method::Timestep, cluster::timestep::timestep_cuts(stages, 1000)?, &vp)?,
             Method::Optimal => bail!("stages.method = \"optimal\" needs the dataset's clustering: run `msdiff cluster` and set stages.split"),
+            Method::Gradient => bail!(
+                "stages.method = \"gradient\" needs a trained run: run `msdiff cluster --method gradient --checkpoint RUN` and set stages.split"
+            ),
         }
     };
     ensure!(
