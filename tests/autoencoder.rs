@@ -297,3 +297,137 @@ fn cli_encode_decode_and_latent_caches() {
     assert!(!d.join("o.npy").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+mod training {
+    use super::*;
+    use msdiff::autoencoder::train::{self as tr, AeTrainConfig, AeTrainOptions};
+
+    fn config(model: &str, extra: &str) -> String {
+        format!(
+            r#"
+[data]
+spec = "builtin"
+limit = 48
+flip = true
+eval_images = 8
+[model]
+preset = "{model}"
+[loss]
+disc_weight = 0.5
+disc_start = 2
+disc_layers = 2
+disc_channels = 8
+[optim]
+lr = 1e-3
+warmup_steps = 2
+grad_clip = 1.0
+[ema]
+decay = 0.9
+[train]
+batch = 4
+steps = 6
+checkpoint_every = 2
+keep_last = 10
+log_every = 1
+eval_every = 3
+{extra}
+"#
+        )
+    }
+
+    fn opts(run: &std::path::Path, resume: Option<PathBuf>, stop_after: Option<u64>) -> AeTrainOptions {
+        AeTrainOptions { run_dir: run.to_path_buf(), resume, device: Device::Cpu, progress: false, stop_after, fid_weights: None }
+    }
+
+    fn assert_same(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for ((n, x), (m, y)) in a.iter().zip(b) {
+            assert_eq!(n, m, "{what}");
+            assert!(x.equal(y), "{what}: {n} differs");
+        }
+    }
+
+    #[test]
+    fn training_resumes_bit_for_bit_with_the_discriminator_on() {
+        // Every source of state: KL noise and VQ codes, flips, warm-up, clipping, EMA, the
+        // discriminator switching on at step 3 (adaptive weight), both Adam states.
+        for model in ["tiny-kl", "tiny-vq"] {
+            let tc = AeTrainConfig::from_toml(&config(model, ""), "test").unwrap();
+            let (data, eval) = tr::load_data(&tc.data).unwrap();
+            let cfg = tc.resolve(data.image_shape()).unwrap();
+            let d = tmp(&format!("resume-{model}"));
+            let straight = tr::train(&cfg, &data, &eval, &opts(&d.join("a"), None, None)).unwrap();
+            assert_eq!(straight.step, 6);
+            let first = tr::train(&cfg, &data, &eval, &opts(&d.join("b"), None, Some(3))).unwrap();
+            assert!(first.interrupted && first.step == 3);
+            let resumed = tr::train(&cfg, &data, &eval, &opts(&d.join("b"), Some(d.join("b")), None)).unwrap();
+            assert_eq!(resumed.step, 6);
+            assert_same(&straight.state.tensors(), &resumed.state.tensors(), model);
+            assert!(straight.state.tensors().iter().any(|(n, _)| n.starts_with("disc_adam_m.")), "the discriminator trained");
+            // The metrics agree line for line (but for timings).
+            let lines = |p: PathBuf| -> Vec<serde_json::Value> {
+                std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect()
+            };
+            let (a, b) = (lines(d.join("a/metrics.jsonl")), lines(d.join("b/metrics.jsonl")));
+            assert_eq!(a.len(), 6);
+            for (x, y) in a.iter().zip(&b) {
+                for k in ["loss", "l1", "g_loss", "d_loss", "d_weight", "grad_norm"] {
+                    assert_eq!(x[k], y[k], "{model}: {k} at step {}", x["step"]);
+                }
+            }
+            assert!(a[5]["d_loss"].as_f64().unwrap() > 0.0 && a[1]["d_loss"].as_f64().unwrap() == 0.0, "the discriminator starts after step 2");
+            // The run's exported autoencoder is the EMA of the final checkpoint; the run loads as a model too.
+            let exported = AutoencoderModel::load(&d.join("a/autoencoder"), Device::Cpu).unwrap();
+            let from_run = AutoencoderModel::load(&d.join("a"), Device::Cpu).unwrap();
+            assert_eq!(exported.fingerprint(), from_run.fingerprint());
+            assert_eq!(exported.fingerprint(), straight.state.ema.fingerprint());
+            assert!(d.join("a/reconstructions.png").is_file() && d.join("a/eval.json").is_file());
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+
+    #[test]
+    fn loss_falls_and_bad_configurations_are_refused() {
+        let tc = AeTrainConfig::from_toml(&config("tiny-kl", "").replace("steps = 6", "steps = 40").replace("disc_weight = 0.5", "disc_weight = 0.0").replace("eval_every = 3", "eval_every = 0"), "t").unwrap();
+        let (data, eval) = tr::load_data(&tc.data).unwrap();
+        let cfg = tc.resolve(data.image_shape()).unwrap();
+        let d = tmp("falls");
+        let out = tr::train(&cfg, &data, &eval, &opts(&d.join("r"), None, None)).unwrap();
+        let losses: Vec<f64> = std::fs::read_to_string(d.join("r/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(mean(&losses[30..]) < 0.7 * mean(&losses[..5]), "{losses:?}");
+        assert!(out.eval.unwrap().psnr.is_finite());
+        // Resuming with another configuration is refused, naming what differs.
+        let other = AeTrainConfig::from_toml(&config("tiny-kl", "").replace("lr = 1e-3", "lr = 2e-3").replace("disc_weight = 0.5", "disc_weight = 0.0"), "t").unwrap().resolve(data.image_shape()).unwrap();
+        let e = tr::train(&other, &data, &eval, &opts(&d.join("r"), Some(d.join("r")), None)).err().unwrap().to_string();
+        assert!(e.contains("optim") && e.contains("cannot resume"), "{e}");
+        // A diffusion checkpoint is not an autoencoder checkpoint.
+        std::fs::create_dir_all(d.join("x/checkpoints/step-00000001")).unwrap();
+        std::fs::write(d.join("x/checkpoints/step-00000001/state.json"), r#"{"format": "msdiff-checkpoint/1"}"#).unwrap();
+        let e = format!("{:#}", tr::load_checkpoint(&d.join("x")).err().unwrap());
+        assert!(e.contains("not an autoencoder checkpoint"), "{e}");
+        let e = AutoencoderModel::load(&d.join("x"), Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("not an msdiff autoencoder"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn cli_train_dry_run_and_errors() {
+        let d = tmp("cli-train");
+        let p = d.join("c.toml");
+        std::fs::write(&p, config("tiny-vq", "")).unwrap();
+        let o = msdiff(&["autoencoder", "train", "--config", p.to_str().unwrap(), "--run", d.join("r").to_str().unwrap(), "--dry-run"]);
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("n_embed = 16"), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!d.join("r").exists(), "--dry-run writes nothing");
+        std::fs::write(&p, config("tiny-vq", "").replace("[loss]", "[loss]\nperceptual = 1.0")).unwrap();
+        assert_user_error(&msdiff(&["autoencoder", "train", "--config", p.to_str().unwrap()]), "perceptual");
+        // 16x16 padded by 1 is 18x18, which factor 4 does not divide.
+        std::fs::write(&p, config("tiny-vq", "").replace("limit = 48", "limit = 48\npad = 1").replace("[model]", "[model]\nch_mult = [1, 2, 2]")).unwrap();
+        assert_user_error(&msdiff(&["autoencoder", "train", "--config", p.to_str().unwrap()]), "multiples of 4");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

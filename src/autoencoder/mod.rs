@@ -9,6 +9,8 @@
 //! | [`net`] | [`Encoder`], [`Decoder`], [`Autoencoder`] under LDM's variable names |
 //! | [`model`] | [`AutoencoderModel`]: a network with its VarStore, the autoencoder folder, batched encode / decode |
 //! | [`eval`] | reconstructions, PSNR, rFID; a dataset's latent cache ([`crate::data::latents`]) |
+//! | [`loss`] | reconstruction, KL / VQ terms, the PatchGAN discriminator, hinge loss, adaptive weight |
+//! | [`train`] | `msdiff autoencoder train`: configuration, state, step, checkpoints, exact resume, the loop |
 //! | [`diffusers`] | import of diffusers `AutoencoderKL` / `VQModel` folders (config keys, weight names, `scaling_factor`) |
 //!
 //! Images are `[N, C, H, W]` in [-1, 1] with H and W multiples of the downsampling factor
@@ -18,8 +20,10 @@ pub mod bottleneck;
 pub mod config;
 pub mod diffusers;
 pub mod eval;
+pub mod loss;
 pub mod model;
 pub mod net;
+pub mod train;
 
 pub use config::{AeReport, AutoencoderConfig, Bottleneck, PRESETS};
 pub use model::{AutoencoderModel, EncodeMode, Manifest};

@@ -102,6 +102,9 @@ impl AutoencoderModel {
         if path.join(MANIFEST).is_file() {
             return Self::load_folder(path, device);
         }
+        if super::train::is_run_or_checkpoint(path) {
+            return super::train::load_ema(path, device);
+        }
         if !path.exists() {
             bail!("autoencoder {} does not exist", path.display());
         }

@@ -30,6 +30,36 @@ pub enum What {
     Eval(EvalArgs),
     /// Encode and decode throughput (images/s, median of repeats).
     Bench(BenchArgs),
+    /// Train an autoencoder from a TOML configuration (or resume a run); see docs/LATENT.md.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training configuration (TOML: [data], [model], [loss], [optim], [ema], [train]; see configs/autoencoder-*.toml and docs/LATENT.md). Optional with --resume.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run folder (default runs/<config name>).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Resume exactly from a run or checkpoint (its newest checkpoint); the run's configuration is used unless --config is given (it must then describe the same experiment).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Print the resolved configuration and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override train.steps (e.g. to extend a resumed run).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override train.batch (not on resume).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Override train.seed (not on resume).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// FID Inception weights for train.rfid_images; default $MSDIFF_FID_WEIGHTS, else the copy from scripts/fetch-assets fid-weights.
+    #[arg(long)]
+    pub fid_weights: Option<PathBuf>,
 }
 
 /// Where images come from.
@@ -216,7 +246,88 @@ pub fn run(g: &Global, a: AutoencoderArgs) -> Result<i32> {
         What::Decode(a) => decode(g, a),
         What::Eval(a) => evaluate(g, a),
         What::Bench(a) => bench(g, a),
+        What::Train(a) => train(g, a),
     }
+}
+
+fn train(g: &Global, a: TrainArgs) -> Result<i32> {
+    use crate::autoencoder::train::{self as tr, AeTrainConfig, AeTrainOptions};
+    let resumed = match &a.resume {
+        Some(r) => Some(tr::load_checkpoint(r)?.0),
+        None => None,
+    };
+    let resumed_dir = a.resume.as_ref().map(|r| {
+        // <run>/checkpoints/step-N -> <run>; a run folder is itself.
+        if r.join("state.json").is_file() { r.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf() } else { r.clone() }
+    });
+    let (mut cfg, run_dir) = match (&a.config, &resumed) {
+        (Some(p), _) => {
+            let tc = AeTrainConfig::load(p)?;
+            let (ds, _) = tr::load_data(&tc.data)?;
+            let cfg = tc.resolve(ds.image_shape()).map_err(|e| anyhow::anyhow!("in {}: {e:#}", p.display()))?;
+            let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+            let dir = resumed_dir.clone().unwrap_or_else(|| Path::new("runs").join(stem));
+            (cfg, a.run.clone().unwrap_or(dir))
+        }
+        (None, Some(st)) => (st.config.clone(), a.run.clone().or(resumed_dir.clone()).unwrap_or_else(|| PathBuf::from("."))),
+        (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
+    };
+    if a.resume.is_some() {
+        for (flag, given, kept) in [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)] {
+            if let Some(v) = given.filter(|v| *v != kept) {
+                bail!("{flag} {v} cannot change on resume: the run was trained with {kept}; drop {flag} (or start a new run)");
+            }
+        }
+    }
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if let Some(b) = a.batch {
+        cfg.train.batch = b;
+    }
+    if let Some(s) = a.seed {
+        cfg.train.seed = s;
+    }
+    cfg.validate()?;
+    eprintln!("# resolved configuration\n{}", cfg.to_toml());
+    if a.dry_run {
+        return Ok(0);
+    }
+    if a.resume.is_none() {
+        if let Some((step, _)) = crate::train::checkpoint::list(&run_dir.join("checkpoints"))?.last() {
+            bail!(
+                "run folder {} already holds checkpoints (newest: step {step}); continue it with `msdiff autoencoder train --resume {}`, or give another --run",
+                run_dir.display(),
+                run_dir.display()
+            );
+        }
+    }
+    let (data, eval_data) = tr::load_data(&cfg.data)?;
+    crate::train::trainer::install_ctrlc();
+    let device = g.device()?;
+    eprintln!("msdiff: training a {} autoencoder on {device:?} with {} images of {:?}; run folder {}", cfg.model.bottleneck, data.len(), data.image_shape(), run_dir.display());
+    let out = tr::train(
+        &cfg,
+        &data,
+        &eval_data,
+        &AeTrainOptions { run_dir: run_dir.clone(), resume: a.resume.clone(), device, progress: !g.quiet, stop_after: None, fid_weights: a.fid_weights.clone() },
+    )?;
+    if out.interrupted {
+        println!("interrupted at step {}; checkpoint {}; continue with: msdiff autoencoder train --resume {}", out.step, out.checkpoint.display(), run_dir.display());
+        return Ok(130);
+    }
+    let r = out.eval.as_ref();
+    println!(
+        "trained to step {} in {:.1} s; EMA reconstructions of {} evaluation images: PSNR {:.2} dB, L1 {:.4}{}; autoencoder {} (use it as --model)",
+        out.step,
+        out.seconds,
+        r.map_or(0, |r| r.images),
+        r.map_or(f64::NAN, |r| r.psnr),
+        r.map_or(f64::NAN, |r| r.l1),
+        r.and_then(|r| r.rfid).map(|f| format!(", rFID {f:.2} on {} images ({}, resize {})", cfg.train.rfid_images, crate::fid::NETWORK_NAME, crate::fid::RESIZE_NAME)).unwrap_or_default(),
+        out.autoencoder.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    Ok(0)
 }
 
 fn is_ext(p: &Path, ext: &str) -> bool {
