@@ -94,7 +94,11 @@ pub fn gradient_similarity(
 ) -> Result<Vec<Vec<f64>>> {
     ensure!(!checkpoints.is_empty(), "--method gradient needs at least one checkpoint");
     ensure!(grid >= 2, "the gradient grid needs at least 2 timesteps");
-    ensure!(batch > 0 && batch <= data.len(), "--batch must be in 1..={} (the dataset's size), got {batch}", data.len());
+    ensure!(
+        batch > 0 && batch <= data.len(),
+        "--batch must be in 1..={} (the dataset's size), got {batch}",
+        data.len()
+    );
     let vp = ProcessConfig::default().build()?;
     check_checkpoints(checkpoints, data)?;
     let [c, h, w] = data.image_shape();
@@ -124,8 +128,11 @@ pub fn gradient_similarity(
             let t = (i + 1) as f64 / grid as f64;
             let sigma = vp.sigma(t);
             let stage = crate::cluster::stage_of_sigma(sigma, &objective.boundaries_sigma) as i64;
-            let draws =
-                Draws { stage: vec![stage; batch], t: vec![objective.process.t_from_sigma(sigma); batch], sigma: vec![sigma; batch] };
+            let draws = Draws {
+                stage: vec![stage; batch],
+                t: vec![objective.process.t_from_sigma(sigma); batch],
+                sigma: vec![sigma; batch],
+            };
             let mut zr = Rng::stream(seed ^ GRADIENT_STREAM, 1 + i as u64);
             let z = zr.randn(&[batch as i64, c, h, w], Kind::Float).to_device(device);
             tch::manual_seed((zr.next_u64() >> 1) as i64);

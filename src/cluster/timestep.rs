@@ -30,7 +30,10 @@ pub fn centre(a: usize, b: usize) -> usize {
 pub fn interval_dp(n: usize, stages: usize, cost: impl Fn(usize, usize) -> f64) -> Result<Vec<usize>> {
     super::check_stages(stages)?;
     let (lo, hi) = size_bounds(n, stages);
-    ensure!(n >= stages * lo && n <= stages * hi, "no split of {n} grid points into {stages} intervals of {lo}..{hi} points exists");
+    ensure!(
+        n >= stages * lo && n <= stages * hi,
+        "no split of {n} grid points into {stages} intervals of {lo}..{hi} points exists"
+    );
     let inf = f64::INFINITY;
     // best[k][e]: the cheapest cover of points [0, e) by k intervals; from[k][e]: its last start.
     let mut best = vec![vec![inf; n + 1]; stages + 1];
@@ -50,7 +53,10 @@ pub fn interval_dp(n: usize, stages: usize, cost: impl Fn(usize, usize) -> f64) 
             }
         }
     }
-    ensure!(best[stages][n].is_finite(), "no split of {n} grid points into {stages} intervals of {lo}..{hi} points exists");
+    ensure!(
+        best[stages][n].is_finite(),
+        "no split of {n} grid points into {stages} intervals of {lo}..{hi} points exists"
+    );
     let mut starts = Vec::with_capacity(stages - 1);
     let mut e = n;
     for k in (2..=stages).rev() {

@@ -24,12 +24,20 @@ use super::config::{Architecture, DecoderAttn, Family, Resample, ResampleWith, U
 pub struct Cost {
     pub params: u64,
     pub flops: f64,
+    /// The paper's counting (docs/METHOD.md §12, docs/EDM.md §5): what torchstat reports for the
+    /// official code, i.e. multiply-adds of `nn.Conv2d` plus one add per output for the bias, and
+    /// multiply-adds of `nn.Linear`; attention maps and products, resampling filters and
+    /// convolutions of custom classes (score_sde's NIN and FIR `Conv2d`) count zero. For EDM's
+    /// DDPM++, whose every layer is a custom class (torchstat: 0), its convolutions and linear
+    /// layers are counted as if they were `nn.Conv2d` / `nn.Linear`.
+    pub torchstat: f64,
 }
 
 impl std::ops::AddAssign for Cost {
     fn add_assign(&mut self, o: Cost) {
         self.params += o.params;
         self.flops += o.flops;
+        self.torchstat += o.torchstat;
     }
 }
 
@@ -38,15 +46,16 @@ fn sq(r: usize) -> f64 {
 }
 
 pub(crate) fn conv(i: usize, o: usize, k: usize, rout: usize) -> Cost {
-    Cost { params: (i * o * k * k + o) as u64, flops: 2.0 * (i * o * k * k) as f64 * sq(rout) }
+    let macs = (i * o * k * k) as f64 * sq(rout);
+    Cost { params: (i * o * k * k + o) as u64, flops: 2.0 * macs, torchstat: macs + o as f64 * sq(rout) }
 }
 
 pub(crate) fn dense(i: usize, o: usize) -> Cost {
-    Cost { params: (i * o + o) as u64, flops: 2.0 * (i * o) as f64 }
+    Cost { params: (i * o + o) as u64, flops: 2.0 * (i * o) as f64, torchstat: (i * o) as f64 }
 }
 
 pub(crate) fn norm(c: usize) -> Cost {
-    Cost { params: 2 * c as u64, flops: 0.0 }
+    Cost { params: 2 * c as u64, flops: 0.0, torchstat: 0.0 }
 }
 
 /// Cost of the resampling filter producing `c` channels at `rout`.
@@ -89,14 +98,20 @@ fn attention(c: usize, r: usize) -> Cost {
     k += conv(c, 3 * c, 1, r);
     k += conv(c, c, 1, r);
     k.flops += 2.0 * 2.0 * n * n * c as f64;
+    k.torchstat = 0.0; // score_sde's NIN layers are not nn.Conv2d
     k
 }
 
-/// Down-sampling 3x3 conv `i -> o`, output at `rout` (see `layers::ConvDown`).
-fn conv_down(kind: Resample, i: usize, o: usize, rout: usize) -> Cost {
+/// Down-sampling 3x3 conv `i -> o`, output at `rout` (see `layers::ConvDown`). `nn_conv`: the
+/// official layer is an `nn.Conv2d` (DDPM's `Downsample`), not score_sde's FIR `Conv2d` class
+/// (the NCSN++ input pyramid), for the torchstat count.
+fn conv_down(kind: Resample, i: usize, o: usize, rout: usize, nn_conv: bool) -> Cost {
     let mut c = conv(i, o, 3, rout);
     if kind == Resample::Fir {
         c.flops += 2.0 * 16.0 * i as f64 * sq(2 * rout + 1);
+    }
+    if !nn_conv {
+        c.torchstat = 0.0;
     }
     c
 }
@@ -129,10 +144,10 @@ pub fn encoder_cost(cfg: &UNetConfig) -> Cost {
             let r2 = r / 2;
             cost += match cfg.resample_with {
                 ResampleWith::Resblock => resblock(cfg, c, c, r2, Rs::Down),
-                ResampleWith::Conv => conv_down(cfg.resample, c, c, r2),
+                ResampleWith::Conv => conv_down(cfg.resample, c, c, r2, true),
             };
             if cfg.input_pyramid {
-                cost += conv_down(cfg.resample, pyr, c, r2);
+                cost += conv_down(cfg.resample, pyr, c, r2, false);
                 pyr = c;
             }
         }
@@ -208,6 +223,13 @@ pub struct ModelReport {
     pub interval_weights: Vec<f64>,
     /// `sum_j weight_j * stage_gflops_j`: the mean cost per image of a step at uniform t.
     pub weighted_gflops: f64,
+    /// Stage `j`'s forward cost in the paper's counting (torchstat units, G = 1e9; see
+    /// [`Cost::torchstat`]).
+    #[serde(default)]
+    pub torchstat_stage_gflops: Vec<f64>,
+    /// The paper's Table 2 number: `torchstat_stage_gflops` weighted by the interval lengths.
+    #[serde(default)]
+    pub torchstat_weighted_gflops: f64,
 }
 
 /// Report for `cfg`. `boundaries_t`: either all `S + 1` boundaries (increasing, e.g.
@@ -250,6 +272,8 @@ pub fn report(cfg: &UNetConfig, boundaries_t: &[f64]) -> Result<ModelReport> {
     };
     let stage_gflops: Vec<f64> = decs.iter().map(|d| (enc.flops + d.flops) / 1e9).collect();
     let weighted_gflops = stage_gflops.iter().zip(&interval_weights).map(|(g, w)| g * w).sum();
+    let torchstat_stage_gflops: Vec<f64> = decs.iter().map(|d| (enc.torchstat + d.torchstat) / 1e9).collect();
+    let torchstat_weighted_gflops = torchstat_stage_gflops.iter().zip(&interval_weights).map(|(g, w)| g * w).sum();
     Ok(ModelReport {
         architecture: cfg.architecture,
         num_stages: s,
@@ -264,6 +288,8 @@ pub fn report(cfg: &UNetConfig, boundaries_t: &[f64]) -> Result<ModelReport> {
         boundaries_t: b,
         interval_weights,
         weighted_gflops,
+        torchstat_stage_gflops,
+        torchstat_weighted_gflops,
     })
 }
 
@@ -300,6 +326,13 @@ impl fmt::Display for ModelReport {
             )?;
         }
         writeln!(f, "total stored: {} params", self.total_params)?;
-        write!(f, "interval-weighted forward cost: {:.3} GFLOP per image", self.weighted_gflops)
+        writeln!(f, "interval-weighted forward cost: {:.3} GFLOP per image", self.weighted_gflops)?;
+        let ts: Vec<String> = self.torchstat_stage_gflops.iter().map(|g| format!("{g:.2}")).collect();
+        write!(
+            f,
+            "the paper's counting (torchstat: conv and linear multiply-adds + conv biases): {} per stage, {:.2} interval-weighted",
+            ts.join(" / "),
+            self.torchstat_weighted_gflops
+        )
     }
 }

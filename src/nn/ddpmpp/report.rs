@@ -34,7 +34,8 @@ fn block(cfg: &UNetConfig, i: usize, o: usize, rout: usize, up: bool, down: bool
 /// The mapping network: `map_augment` (no bias), `map_layer0`, `map_layer1`.
 pub fn mapping_cost(cfg: &UNetConfig) -> Cost {
     let (n, e) = (cfg.embed_dim(), cfg.temb_dim());
-    let mut c = Cost { params: (cfg.augment_dim * n) as u64, flops: 2.0 * (cfg.augment_dim * n) as f64 };
+    let a = (cfg.augment_dim * n) as f64;
+    let mut c = Cost { params: (cfg.augment_dim * n) as u64, flops: 2.0 * a, torchstat: a };
     c += dense(n, e);
     c += dense(e, e);
     c
