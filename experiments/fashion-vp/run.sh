@@ -24,13 +24,19 @@
 #   separate    three full U-Nets with decoders 24/16/8, nothing shared, policy "single" (1,012,803 params)
 # Sizes: the `small` layout at width 16 with one residual block per level, the networks of part 1, so that
 #   the unified model (317k params) is capacity-limited on Fashion-MNIST (the regime the paper's argument is
-#   about) and only the recipe and the length change. Width 8 was measured too and saves little on this
-#   CPU (1 thread, busy machine, s/step: unified 0.32 vs 0.40, multistage 0.28 vs 0.48, ms-mixed 0.41 vs
-#   0.66, separate 0.28 vs 0.63): at these sizes per-op overhead dominates, not FLOPs.
+#   about) and only the recipe and the length change. Width 8 (decoders 12/8/4 vs 8) was measured too and
+#   saves too little to be worth a less comparable setup (50-step runs, 1 thread, not niced, on a machine
+#   busy with builds, load 2.5-3.8; s/step width 8 vs 16: unified 0.32 vs 0.40, multistage 0.28 vs 0.48,
+#   ms-mixed 0.41 vs 0.66, separate 0.28 vs 0.63): at these sizes per-op overhead dominates, not FLOPs.
+#   CPU time per step at width 16 (steps 20-60, 1 thread, /proc utime+stime; i.e. the step time on an
+#   otherwise idle core): unified 0.44-0.48 s, multistage 0.46-0.49 s, ms-mixed 0.55 s, separate 0.44 s,
+#   so 20k steps ~ 2.5-3.1 h of one core each; lane A ~ 5.7 h, lane B ~ 5.2 h when the machine is idle,
+#   longer while builds run (the lanes then get 15-45 % of a core: 1-3 s/step).
 #
 # CPU discipline: two lanes, each one libtorch thread (--threads 1, OMP_NUM_THREADS=1,
-# OMP_WAIT_POLICY=PASSIVE) under nice -n 19, so builds and tests of other work keep priority and the lanes
-# use the idle cores (a multi-threaded libtorch job sharing cores with a build was measured up to 138x slower).
+# OMP_WAIT_POLICY=PASSIVE) under nice -n 19, and the session's autogroup niced to 19 as well (see below;
+# hence `setsid`), so builds and tests of other work keep priority and the lanes use the idle cores (a
+# multi-threaded libtorch job sharing cores with a build was measured up to 138x slower).
 #   lane A: unified, then ms-mixed        lane B: multistage, then separate
 # (the main comparison, unified vs multistage, finishes first; the lanes are about equally long.)
 #
@@ -73,6 +79,14 @@ exec 9>"$OUT/.lock"
 flock -n 9 || { echo "another run.sh is already running on $OUT" >&2; exit 3; }
 rm -f "$OUT/.stop"
 echo $$ >"$OUT/.pid"
+# With kernel.sched_autogroup_enabled = 1 (as here), nice only ranks processes within one session's
+# autogroup; between sessions the CPU is shared equally, so `nice -n 19` alone left the lanes ~45 % of the
+# CPU each against a build. Under setsid this script leads its own session: nice that whole group too.
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = $$ ] && [ -w /proc/$$/autogroup ]; then
+  echo 19 >/proc/$$/autogroup 2>/dev/null || true
+else
+  echo "note: not a session leader (launch with setsid) or no autogroup: only per-process nice 19 applies" >&2
+fi
 stamp() { date -u +%FT%TZ; }
 ckpt() { printf '%s/%s/checkpoints/step-%08d' "$OUT" "$1" "$2"; }
 newest_step() { # newest complete checkpoint step of run $1 (empty if none)
