@@ -126,9 +126,9 @@ impl Canvas {
         }
         let a = a.min(1.0);
         let i = (y as usize * self.width + x as usize) * 3;
-        for k in 0..3 {
-            let old = self.pixels[i + k] as f64;
-            self.pixels[i + k] = (old + (c[k] as f64 - old) * a).round() as u8;
+        for (px, &ck) in self.pixels[i..i + 3].iter_mut().zip(c.iter()) {
+            let old = *px as f64;
+            *px = (old + (ck as f64 - old) * a).round() as u8;
         }
     }
 
@@ -502,9 +502,8 @@ impl Plot {
                 let (a, b) = mm(&ys);
                 if a.is_finite() {
                     padded(a, b, 0.04, self.log_y)
-                } else if self.log_y {
-                    (0.0, 1.0)
                 } else {
+                    // No finite data: an arbitrary unit range (log axes: 10^0..10^1).
                     (0.0, 1.0)
                 }
             }

@@ -234,7 +234,7 @@ fn cluster_writes_a_split_and_refuses_bad_options() {
         (vec!["--samples", "10"], "too few"),
         (
             vec!["--method", "kmeans"],
-            "invalid value 'kmeans' for '--method <METHOD>' [possible values: optimal, uniform, snr]",
+            "invalid value 'kmeans' for '--method <METHOD>' [possible values: optimal, uniform, snr, timestep, gradient]",
         ),
     ] {
         let mut a = vec!["cluster", "--data-limit", "100", "--out", "/dev/null/never"];

@@ -16,7 +16,7 @@ fn setup(steps: u64, precision: &str) -> (ResolvedConfig, Dataset) {
 fn precision_parses_and_defaults_to_fp32() {
     assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
     assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
-    assert!("fp16".parse::<Precision>().unwrap_err().to_string().contains("fp32 or bf16"));
+    assert!("fp16".parse::<Precision>().unwrap_err().to_string().contains("expected one of: fp32, bf16"));
     let (cfg, _) = setup(1, "fp32");
     assert_eq!(cfg.train.precision, Precision::Fp32);
     assert!(cfg.to_toml().contains("precision = \"fp32\""));

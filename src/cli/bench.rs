@@ -13,7 +13,7 @@ use crate::rng::Rng;
 use crate::runtime::Precision;
 use crate::runtime::{machine, peak_rss_mib, time_median};
 use crate::train::optim::OptimConfig;
-use crate::train::TrainState;
+use crate::train::{Batch, TrainState, Update};
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use tch::{Device, Kind, Tensor};
@@ -183,7 +183,8 @@ fn bench_train(preset: &str, batch: usize, repeats: usize, device: Device, preci
         if failed.is_some() {
             return;
         }
-        if let Err(e) = state.step(&objective, &x0, &z, &draws, 1e-4, 0.999, 0) {
+        let batch = Batch { x0: &x0, z: &z, draws: &draws, augment: None };
+        if let Err(e) = state.step(&objective, &batch, Update { lr: 1e-4, ema_decay: 0.999, dropout_seed: 0 }) {
             failed = Some(e);
         }
         if let Device::Cuda(i) = device {

@@ -54,7 +54,7 @@ pub struct SampleArgs {
 
 enum Source {
     Optimal(OptimalDenoiser, Tensor, Process),
-    Checkpoint(Loaded),
+    Checkpoint(Box<Loaded>),
 }
 
 pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
@@ -86,7 +86,7 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
             if a.raw { "raw" } else { "EMA" },
             l.network.net.num_stages()
         );
-        Source::Checkpoint(l)
+        Source::Checkpoint(Box::new(l))
     };
     let model_den;
     let (den, process, item, train_set): (&dyn Denoiser, Process, Vec<i64>, Option<&Tensor>) = match &source {

@@ -31,13 +31,10 @@ crate::names::named_enum! {
         Uniform = "uniform",
         /// The log-SNR dynamic programme.
         Snr = "snr",
-        /// Go et al.'s timestep clustering (Table 4). Hidden from clap's list of possible values
-        /// only because an existing CLI test pins that list; accepted everywhere.
-        #[value(hide = true)]
+        /// Go et al.'s timestep clustering (Table 4).
         Timestep = "timestep",
         /// Go et al.'s gradient-similarity clustering of a trained run (Table 4; needs
-        /// `--checkpoint`). Hidden from the possible-values list like `timestep`.
-        #[value(hide = true)]
+        /// `--checkpoint`).
         Gradient = "gradient",
     }
 }

@@ -116,8 +116,8 @@ impl StageSampler {
         let mut s = StageSampler { process: process.clone(), cfg: cfg.clone(), sigma_bounds, weights: vec![] };
         let masses: Vec<f64> = (0..k).map(|j| s.base_mass(j)).collect();
         let lengths: Vec<f64> = (0..k).map(|j| s.length(j)).collect();
-        for j in 0..k {
-            if masses[j] <= 0.0 {
+        for (j, &mass) in masses.iter().enumerate() {
+            if mass <= 0.0 {
                 bail!(
                     "stage {j} (sigma in [{:.4}, {:.4})) lies outside the training range of the {} process: move the boundaries",
                     s.sigma_bounds[j].0,

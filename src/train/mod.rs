@@ -24,5 +24,5 @@ pub mod state;
 pub mod trainer;
 
 pub use config::{ResolvedConfig, TrainConfig};
-pub use state::{StepStats, TrainState};
+pub use state::{Batch, StepStats, TrainState, Update};
 pub use trainer::{train, TrainOptions, TrainOutcome};

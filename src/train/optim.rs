@@ -228,7 +228,7 @@ impl Adam {
             let mut g = if clip != 1.0 { *g * clip } else { (*g).shallow_clone() };
             if c.weight_decay > 0.0 {
                 match c.optimizer {
-                    OptimizerKind::Adam => g = g + &p * c.weight_decay,
+                    OptimizerKind::Adam => g = &g + &p * c.weight_decay, // a new tensor: g may share the caller's gradient
                     OptimizerKind::AdamW => {
                         let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
                     }

@@ -40,6 +40,30 @@ pub struct TrainState {
     pub step: u64,
 }
 
+/// One step's inputs.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    /// Clean (possibly augmented) images `[B, C, H, W]` f32 on the network's device.
+    pub x0: &'a Tensor,
+    /// Noise `[B, C, H, W]`, like `x0`.
+    pub z: &'a Tensor,
+    /// Each sample's stage, time and noise level.
+    pub draws: &'a Draws,
+    /// EDM's augment labels `[B, augment_dim]` that the network receives (none: no labels).
+    pub augment: Option<&'a Tensor>,
+}
+
+/// How a step updates the state.
+#[derive(Clone, Copy, Debug)]
+pub struct Update {
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// EMA decay of this step.
+    pub ema_decay: f64,
+    /// Seed of libtorch's generator for the forward pass (dropout).
+    pub dropout_seed: i64,
+}
+
 /// What one step measured.
 #[derive(Clone, Debug)]
 pub struct StepStats {
@@ -116,40 +140,16 @@ impl TrainState {
         checkpoint::save(dir, &state, &tensors, cfg.train.keep_last)
     }
 
-    /// One training step on clean images `x0` with noise `z` (`[B, C, H, W]` f32 on the
-    /// network's device) at the drawn stages / noise levels: the objective's loss (forward in the
-    /// network's precision, loss in f32), gradients, Adam on the fp32 masters at `lr`, the bf16
-    /// copy refreshed, the EMA moved by `ema_decay`. `dropout_seed` seeds libtorch's generator
-    /// for this forward pass. A non-finite loss updates nothing (see [`StepStats::diverged`]).
-    pub fn step(
-        &mut self,
-        objective: &Objective,
-        x0: &Tensor,
-        z: &Tensor,
-        draws: &Draws,
-        lr: f64,
-        ema_decay: f64,
-        dropout_seed: i64,
-    ) -> Result<StepStats> {
-        self.step_augmented(objective, x0, z, draws, None, lr, ema_decay, dropout_seed)
-    }
-
-    /// [`TrainState::step`] on augmented images `x0` whose augment labels `[B, augment_dim]`
-    /// the network receives (EDM's non-leaky augmentation; none: no labels). With
-    /// `optim.loss_reduction = "sum"` the gradient is taken of the per-image pixel sum, as EDM;
-    /// the reported loss is always the per-pixel mean.
-    #[allow(clippy::too_many_arguments)]
-    pub fn step_augmented(
-        &mut self,
-        objective: &Objective,
-        x0: &Tensor,
-        z: &Tensor,
-        draws: &Draws,
-        augment: Option<&Tensor>,
-        lr: f64,
-        ema_decay: f64,
-        dropout_seed: i64,
-    ) -> Result<StepStats> {
+    /// One training step on `batch`: the objective's loss (forward in the network's precision,
+    /// loss in f32; the network receives the batch's augment labels if any), gradients, Adam on
+    /// the fp32 masters at `update.lr`, the bf16 copy refreshed, the EMA moved by
+    /// `update.ema_decay`. `update.dropout_seed` seeds libtorch's generator for this forward
+    /// pass. With `optim.loss_reduction = "sum"` the gradient is taken of the per-image pixel
+    /// sum, as EDM; the reported loss is always the per-pixel mean. A non-finite loss updates
+    /// nothing (see [`StepStats::diverged`]).
+    pub fn step(&mut self, objective: &Objective, batch: &Batch, update: Update) -> Result<StepStats> {
+        let Batch { x0, z, draws, augment } = *batch;
+        let Update { lr, ema_decay, dropout_seed } = update;
         let per = {
             let _rng = torch_rng();
             tch::manual_seed(dropout_seed);

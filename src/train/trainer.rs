@@ -12,7 +12,7 @@ use super::checkpoint;
 use super::config::ResolvedConfig;
 use super::metrics::LossWindow;
 use super::report::{plot_losses, write_samples};
-use super::state::TrainState;
+use super::state::{Batch, TrainState, Update};
 use crate::data::order::BatchOrder;
 use crate::data::Dataset;
 use crate::objective::StageSampler;
@@ -160,7 +160,10 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let lr = cfg.optim.lr_for(s, t.batch);
         let decay = cfg.ema.decay_at(s, t.batch);
         let stats = guard_oom(
-            || state.step_augmented(&objective, &x0, &z, &draws, labels.as_ref(), lr, decay, dropout_seed(t.seed, s)),
+            || {
+                let batch = Batch { x0: &x0, z: &z, draws: &draws, augment: labels.as_ref() };
+                state.step(&objective, &batch, Update { lr, ema_decay: decay, dropout_seed: dropout_seed(t.seed, s) })
+            },
             &oom,
         )?;
         if stats.diverged() {
