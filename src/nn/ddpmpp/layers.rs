@@ -224,7 +224,7 @@ impl Mapping {
         let k = self.kind();
         let mut emb = positional(noise_label, self.noise_channels).to_kind(k);
         if let (Some(m), Some(a)) = (&self.map_augment, augment) {
-            emb = emb + m.forward(&a.to_kind(k));
+            emb += m.forward(&a.to_kind(k)); // emb is this function's own tensor; no autograd user yet
         }
         let emb = self.map_layer0.forward(&emb).silu();
         self.map_layer1.forward(&emb).silu()

@@ -154,7 +154,7 @@ fn block(cfg: &UNetConfig, cin: usize, cout: usize, sampling: Sampling, attentio
 #[derive(Debug)]
 enum EncLayer {
     Conv(Conv),
-    Block(UNetBlock),
+    Block(Box<UNetBlock>),
 }
 
 /// The mapping network and the encoder: what every stage shares (multistage) or owns (separate).
@@ -185,18 +185,18 @@ impl Trunk {
                 );
                 enc.push(EncLayer::Conv(conv));
             } else {
-                enc.push(EncLayer::Block(UNetBlock::new(
+                enc.push(EncLayer::Block(Box::new(UNetBlock::new(
                     &(&e / format!("{r}x{r}_down")),
                     block(cfg, c, c, Sampling::Down, false),
-                )));
+                ))));
             }
             let attn = cfg.attn_resolutions.contains(&r);
             for b in 0..cfg.num_res_blocks {
                 let o = cfg.base_channels * m;
-                enc.push(EncLayer::Block(UNetBlock::new(
+                enc.push(EncLayer::Block(Box::new(UNetBlock::new(
                     &(&e / format!("{r}x{r}_block{b}")),
                     block(cfg, c, o, Sampling::None, attn),
-                )));
+                ))));
                 c = o;
             }
         }
