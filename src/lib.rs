@@ -20,6 +20,7 @@
 //! | [`plot`] | small PNG line plots |
 //! | [`rng`] | seeded, saveable random streams |
 //! | [`runtime`] | devices and threads |
+//! | [`dist`] | data-parallel training on libtorch's c10d (Gloo, NCCL) and `msdiff launch` |
 //! | [`cli`] | the `msdiff` command line |
 
 pub mod autoencoder;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod cluster;
 pub mod data;
 pub mod denoiser;
+pub mod dist;
 pub mod fid;
 pub mod io;
 pub mod model;

@@ -14,11 +14,32 @@ pub struct Global {
     /// No progress bars.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Collective backend of a data-parallel run (launched by `msdiff launch` or torchrun):
+    /// auto = NCCL on CUDA, Gloo on CPU.
+    #[arg(long, global = true, value_enum, default_value_t = crate::dist::BackendChoice::Auto)]
+    pub dist_backend: crate::dist::BackendChoice,
 }
 
 impl Global {
     pub fn device(&self) -> Result<tch::Device> {
         crate::runtime::parse_device(&self.device)
+    }
+
+    /// Join the data-parallel group the launcher's environment describes, if any, and return
+    /// this process's device: a rank's `auto` / `cuda` device is `cuda:LOCAL_RANK` (one GPU per
+    /// rank); `cuda:N` and `cpu` are kept.
+    pub fn join_group(&self) -> Result<(tch::Device, Option<&'static crate::dist::Group>)> {
+        let Some(env) = crate::dist::Env::from_env()? else {
+            return Ok((self.device()?, None));
+        };
+        let device = match self.device.as_str() {
+            "auto" if !tch::Cuda::is_available() => tch::Device::Cpu,
+            "auto" | "cuda" => crate::runtime::parse_device(&format!("cuda:{}", env.local_rank))
+                .with_context(|| format!("rank {} (LOCAL_RANK {})", env.rank, env.local_rank))?,
+            _ => self.device()?,
+        };
+        let group = crate::dist::init(&env, self.dist_backend, device)?;
+        Ok((device, Some(group)))
     }
 }
 

@@ -7,6 +7,7 @@ mod cluster;
 mod demo;
 mod fid;
 mod info;
+mod launch;
 mod sample;
 mod train;
 mod val_loss;
@@ -53,6 +54,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Autoencoders for latent diffusion (KL / VQ): info, import from diffusers, encode, decode, train; see docs/LATENT.md.
     Autoencoder(autoencoder::AutoencoderArgs),
+    /// Run N data-parallel ranks of an msdiff command on this machine (like torchrun); see docs/DISTRIBUTED.md.
+    Launch(launch::LaunchArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -61,7 +64,7 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    crate::runtime::set_threads(cli.global.threads);
+    crate::runtime::set_threads(rank_threads(cli.global.threads));
     // libtorch reports out-of-memory from infallible tch calls as a panic, which the trainer turns
     // into a one-line error; the default hook would first print the whole C++ trace. Other panics
     // keep the default report.
@@ -94,6 +97,15 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// A rank of a data-parallel run (RANK set by torchrun or `msdiff launch`) with `--threads 0`
+/// uses the launcher's OMP_NUM_THREADS, as PyTorch does, rather than every core per rank.
+fn rank_threads(threads: usize) -> usize {
+    if threads != 0 || std::env::var_os("RANK").is_none() {
+        return threads;
+    }
+    std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// `--help` / `--version` print as clap renders them; a usage error (unknown flag, invalid value)
@@ -145,5 +157,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(a) => bench::run(&cli.global, a),
         Command::Autoencoder(a) => autoencoder::run(&cli.global, a),
         Command::ValLoss(a) => val_loss::run(&cli.global, a),
+        Command::Launch(a) => launch::run(&cli.global, a),
     }
 }

@@ -107,7 +107,10 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     if cfg.train.steps == 0 || cfg.train.batch == 0 {
         bail!("train.steps and train.batch must be > 0");
     }
-    eprintln!("# resolved configuration\n{}", cfg.to_toml());
+    let main = crate::dist::Env::from_env()?.is_none_or(|e| e.rank == 0);
+    if main || a.dry_run {
+        eprintln!("# resolved configuration\n{}", cfg.to_toml());
+    }
     if a.dry_run {
         return Ok(0);
     }
@@ -124,9 +127,21 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
         Some(d) => d,
         None => load_data(&cfg.data)?,
     };
+    let (device, group) = g.join_group()?;
     trainer::install_ctrlc();
-    let device = g.device()?;
-    eprintln!("msdiff: training on {device:?} with {} images; run folder {}", data.len(), run_dir.display());
+    match group {
+        None => eprintln!("msdiff: training on {device:?} with {} images; run folder {}", data.len(), run_dir.display()),
+        Some(gr) if gr.rank == 0 => eprintln!(
+            "msdiff: training on {} ranks ({}, rank 0 on {device:?}), global batch {} ({} per rank), {} images; run folder {}",
+            gr.world,
+            gr.backend,
+            cfg.train.batch,
+            cfg.train.batch / gr.world,
+            data.len(),
+            run_dir.display()
+        ),
+        Some(_) => {}
+    }
     let out = trainer::train(
         &cfg,
         &data,
@@ -139,6 +154,9 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
             write_samples: !a.no_samples,
         },
     )?;
+    if !crate::dist::is_main() {
+        return Ok(if out.interrupted { 130 } else { 0 });
+    }
     if out.interrupted {
         println!(
             "interrupted at step {}; checkpoint saved to {}; continue with: msdiff train --resume {}",

@@ -100,6 +100,17 @@ pub struct Draws {
     pub sigma: Vec<f64>,
 }
 
+impl Draws {
+    /// The `len` draws from position `start` (one rank's share of a data-parallel batch).
+    pub fn slice(&self, start: usize, len: usize) -> Draws {
+        Draws {
+            stage: self.stage[start..start + len].to_vec(),
+            t: self.t[start..start + len].to_vec(),
+            sigma: self.sigma[start..start + len].to_vec(),
+        }
+    }
+}
+
 impl StageSampler {
     /// `boundaries_sigma`: K-1 increasing interior cuts as noise-to-signal ratios (empty = 1 stage).
     pub fn new(process: &Process, cfg: &ObjectiveConfig, boundaries_sigma: &[f64]) -> Result<Self> {

@@ -38,6 +38,11 @@ pub struct TrainState {
     mixed: bool,
     /// Optimiser steps completed.
     pub step: u64,
+    /// Data-parallel group (none: one process); see [`TrainState::join`].
+    group: Option<&'static crate::dist::Group>,
+    /// Data-parallel stop vote: set by the loop when this rank wants to stop (Ctrl-C); after a
+    /// step, true when any rank asked, so that every rank stops after the same step.
+    pub stop: bool,
 }
 
 /// One step's inputs.
@@ -106,7 +111,7 @@ impl TrainState {
         if mixed {
             copy_into(&params, &masters, "bf16 weights")?;
         }
-        Ok(TrainState { model: net, ema, masters, params, ema_params, adam, mixed, step: 0 })
+        Ok(TrainState { model: net, ema, masters, params, ema_params, adam, mixed, step: 0, group: None, stop: false })
     }
 
     /// Continue from a checkpoint: weights, EMA, Adam moments and step counts, the step.
@@ -119,6 +124,103 @@ impl TrainState {
         }
         self.step = state.step;
         Ok(())
+    }
+
+    /// Train data-parallel in `group`: rank 0's weights and EMA are broadcast to every rank (they
+    /// are equal already when every rank starts from the same seed or checkpoint; this makes it
+    /// so), and from now on [`TrainState::step`] averages the gradients over the ranks before
+    /// clipping, so every rank holds the same weights, EMA and Adam state.
+    pub fn join(&mut self, group: &'static crate::dist::Group) -> Result<()> {
+        let all: Vec<&Tensor> = self.masters.iter().chain(&self.ema_params).map(|(_, p)| p).collect();
+        let mut flat = Tensor::cat(&all.iter().map(|p| p.detach().reshape([-1])).collect::<Vec<_>>(), 0);
+        group.broadcast(&mut flat, 0)?;
+        let _guard = tch::no_grad_guard();
+        let mut at = 0;
+        for p in all {
+            let n = p.numel() as i64;
+            p.shallow_clone().copy_(&flat.narrow(0, at, n).view_as(p));
+            at += n;
+        }
+        if self.mixed {
+            copy_into(&self.params, &self.masters, "bf16 weights")?;
+        }
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Data-parallel: check that every rank holds rank 0's weights and EMA bit for bit (one
+    /// broadcast and one all-reduce; run at the end of training).
+    pub fn check_ranks_agree(&self) -> Result<()> {
+        let Some(group) = self.group else { return Ok(()) };
+        let all: Vec<Tensor> =
+            self.masters.iter().chain(&self.ema_params).map(|(_, p)| p.detach().reshape([-1])).collect();
+        let mine = Tensor::cat(&all, 0);
+        let mut theirs = mine.copy();
+        group.broadcast(&mut theirs, 0)?;
+        let differs = !mine.equal(&theirs);
+        let mut votes = Tensor::from_slice(&[differs as i32 as f32]).to_device(mine.device());
+        group.all_reduce_sum(&mut votes)?;
+        let n = votes.double_value(&[0]);
+        anyhow::ensure!(
+            n == 0.0,
+            "the ranks' weights differ at step {} ({n} rank(s) differ from rank 0); this is a bug, please report it",
+            self.step
+        );
+        Ok(())
+    }
+
+    /// Average the ranks' gradients in one flat all-reduce that also carries which parameters
+    /// had a gradient anywhere (a decoder that saw no sample on any rank stays untouched, as in
+    /// one process), the stop vote and the batch's per-sample losses (`local` of them from this
+    /// rank, at its offset in the global batch). Returns the averaged gradients, the global
+    /// per-sample losses and the stop decision.
+    fn all_reduce(
+        &self,
+        group: &crate::dist::Group,
+        grads: Vec<Tensor>,
+        per: &Tensor,
+    ) -> Result<(Vec<Tensor>, Vec<f64>, bool)> {
+        let device = self.masters[0].1.device();
+        let local = per.size()[0] as usize;
+        let global = local * group.world;
+        let mut parts: Vec<Tensor> = Vec::with_capacity(self.masters.len() + 1);
+        let mut tail = Vec::with_capacity(self.masters.len() + 1 + global);
+        for (i, (_, p)) in self.masters.iter().enumerate() {
+            match grads.get(i).filter(|g| g.defined()) {
+                Some(g) => {
+                    parts.push(g.reshape([-1]).to_kind(Kind::Float));
+                    tail.push(1f32);
+                }
+                None => {
+                    parts.push(Tensor::zeros([p.numel() as i64], (Kind::Float, device)));
+                    tail.push(0f32);
+                }
+            }
+        }
+        drop(grads);
+        tail.push(self.stop as i32 as f32);
+        let mine = Vec::<f32>::try_from(per.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
+        let mut samples = vec![0f32; global];
+        samples[group.rank * local..(group.rank + 1) * local].copy_from_slice(&mine);
+        tail.extend(samples);
+        parts.push(Tensor::from_slice(&tail).to_device(device));
+        let mut flat = Tensor::cat(&parts, 0);
+        drop(parts);
+        group.all_reduce_sum(&mut flat)?;
+        let n_grad: i64 = self.masters.iter().map(|(_, p)| p.numel() as i64).sum();
+        let tail = Vec::<f32>::try_from(flat.narrow(0, n_grad, flat.size()[0] - n_grad).to_device(tch::Device::Cpu))?;
+        let grad_flat = flat.narrow(0, 0, n_grad) / group.world as f64;
+        let mut out = Vec::with_capacity(self.masters.len());
+        let mut at = 0;
+        for (i, (_, p)) in self.masters.iter().enumerate() {
+            let n = p.numel() as i64;
+            out.push(if tail[i] > 0.0 { grad_flat.narrow(0, at, n).view_as(p) } else { Tensor::new() });
+            at += n;
+        }
+        let k = self.masters.len();
+        let stop = tail[k] > 0.0;
+        let per_sample = tail[k + 1..].iter().map(|&v| v as f64).collect();
+        Ok((out, per_sample, stop))
     }
 
     /// Save the state at the current step under `dir` (atomic; keeps the `keep_last` newest).
@@ -160,9 +262,32 @@ impl TrainState {
         };
         let loss = per.mean(Kind::Float);
         let lv = loss.double_value(&[]);
-        if !lv.is_finite() {
-            return Ok(StepStats { loss: lv, per_sample: vec![], grad_norm: f64::NAN });
+        let Some(group) = self.group else {
+            if !lv.is_finite() {
+                return Ok(StepStats { loss: lv, per_sample: vec![], grad_norm: f64::NAN });
+            }
+            let grads = self.local_gradients(loss, x0)?;
+            let info = self.apply(&grads, lr, ema_decay)?;
+            drop(grads);
+            let per_sample = Vec::<f64>::try_from(per.to_kind(Kind::Double).to_device(Device::Cpu))?;
+            return Ok(StepStats { loss: lv, per_sample, grad_norm: info.grad_norm });
+        };
+        // Data-parallel: every rank takes part in the all-reduce, even one whose loss is not
+        // finite (it sends no gradient); the global loss then is not finite on every rank and
+        // all stop together.
+        let grads = if lv.is_finite() { self.local_gradients(loss, x0)? } else { vec![] };
+        let (grads, per_sample, stop) = self.all_reduce(group, grads, &per)?;
+        self.stop = stop;
+        let global = per_sample.iter().sum::<f64>() / per_sample.len().max(1) as f64;
+        if !global.is_finite() {
+            return Ok(StepStats { loss: global, per_sample: vec![], grad_norm: f64::NAN });
         }
+        let info = self.apply(&grads, lr, ema_decay)?;
+        Ok(StepStats { loss: global, per_sample, grad_norm: info.grad_norm })
+    }
+
+    /// This process's gradients of `loss` (fp32 in mixed precision, as Adam takes them).
+    fn local_gradients(&self, loss: Tensor, x0: &Tensor) -> Result<Vec<Tensor>> {
         let loss = match self.adam.cfg.loss_reduction {
             LossReduction::Mean => loss,
             LossReduction::Sum => loss * (x0.numel() as f64 / x0.size()[0].max(1) as f64),
@@ -170,19 +295,21 @@ impl TrainState {
         let grads = gradients(&loss, &self.params)?;
         drop(loss);
         // bf16: Adam updates the fp32 masters from fp32-cast gradients, then the model gets a copy.
-        let grads: Vec<Tensor> = if self.mixed {
+        Ok(if self.mixed {
             grads.iter().map(|g| if g.defined() { g.to_kind(Kind::Float) } else { Tensor::new() }).collect()
         } else {
             grads
-        };
-        let info = self.adam.step(&self.masters, &grads, lr).with_context(|| format!("at step {}", self.step + 1))?;
-        drop(grads);
+        })
+    }
+
+    /// Adam on the masters, the bf16 copy refreshed, the EMA moved; the step counted.
+    fn apply(&mut self, grads: &[Tensor], lr: f64, ema_decay: f64) -> Result<super::optim::StepInfo> {
+        let info = self.adam.step(&self.masters, grads, lr).with_context(|| format!("at step {}", self.step + 1))?;
         if self.mixed {
             copy_into(&self.params, &self.masters, "bf16 weights")?;
         }
         ema::update(&self.ema_params, &self.masters, ema_decay);
         self.step += 1;
-        let per_sample = Vec::<f64>::try_from(per.to_kind(Kind::Double).to_device(Device::Cpu))?;
-        Ok(StepStats { loss: lv, per_sample, grad_norm: info.grad_norm })
+        Ok(info)
     }
 }

@@ -7,6 +7,14 @@
 //! and libtorch's dropout RNG is re-seeded from (seed, s) before the forward pass. A resumed run
 //! therefore draws exactly what an uninterrupted one would, and with the restored weights, EMA and
 //! Adam state it continues bit for bit.
+//!
+//! Data-parallel (a [`crate::dist`] group is set): `train.batch` is the global batch. Every rank
+//! draws the whole step's batch positions from the same streams (cheap next to the network) and
+//! keeps its contiguous share (rank r: positions r b/N .. (r+1) b/N), so N ranks train on
+//! exactly the images, flips, stages and noise of the one-process run; gradients are averaged
+//! before clipping ([`TrainState::step`]). Only rank 0 writes files and shows progress; the
+//! checkpoint holds the global state, so a run resumes on any number of ranks. Dropout masks
+//! (libtorch's generator) are drawn per rank and are the one thing that differs from one process.
 use super::augment::AugmentPipe;
 use super::checkpoint;
 use super::config::ResolvedConfig;
@@ -83,9 +91,20 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     let objective = cfg.build_objective()?;
     let stages = StageSampler::new(&objective.process, &cfg.objective, &objective.boundaries_sigma)?;
     let t = &cfg.train;
-    std::fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
-    crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let group = crate::dist::current();
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
+    let main = rank == 0;
+    ensure!(
+        t.batch % world == 0,
+        "train.batch = {} does not divide over {world} ranks; make the global batch a multiple of the number of ranks (--batch)",
+        t.batch
+    );
+    let (local, lo) = (t.batch / world, rank * (t.batch / world));
+    if main {
+        std::fs::create_dir_all(&opts.run_dir)
+            .with_context(|| format!("cannot create run folder {}", opts.run_dir.display()))?;
+        crate::io::atomic::write_atomic_bytes(&opts.run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
 
     let mut state = TrainState::new(&cfg.model, &cfg.optim, t.precision, t.seed, device)?;
     if let Some(r) = &opts.resume {
@@ -94,26 +113,36 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         state.restore(&saved, &tensors)?;
         ensure!(state.step <= t.steps, "the checkpoint is at step {}, beyond train.steps = {}", state.step, t.steps);
     }
+    if let Some(g) = group {
+        state.join(g)?;
+    }
     let start_step = state.step;
     let ckpt_dir = opts.run_dir.join("checkpoints");
 
     let metrics_path = opts.run_dir.join("metrics.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
-    let bar = crate::runtime::progress_bar(t.steps, "train", !opts.progress);
+    let mut log = match main {
+        true => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("cannot open {}", metrics_path.display()))?,
+        ),
+        false => None,
+    };
+    let bar = crate::runtime::progress_bar(t.steps, "train", !opts.progress || !main);
     bar.set_position(start_step);
 
     let mut order = BatchOrder::new(data.len(), t.seed);
     let augment = cfg.augment.enabled().then(|| AugmentPipe::new(cfg.augment.clone())).transpose()?;
     // What a training image costs under this run's stage policy (docs/EDM.md §5).
     let compute = cfg.compute()?;
-    crate::io::atomic::write_atomic_bytes(
-        &opts.run_dir.join("compute.json"),
-        serde_json::to_string_pretty(&compute)?.as_bytes(),
-    )?;
+    if main {
+        crate::io::atomic::write_atomic_bytes(
+            &opts.run_dir.join("compute.json"),
+            serde_json::to_string_pretty(&compute)?.as_bytes(),
+        )?;
+    }
     let (mut window_gflop, mut window_images) = (0.0, 0usize);
     let began = Instant::now();
     let mut window = LossWindow::new(stages.stages());
@@ -121,27 +150,41 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     let mut last_ckpt: Option<PathBuf> = None;
     let mut interrupted = false;
     while state.step < t.steps {
-        if INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| state.step - start_step >= n) {
+        // Data-parallel, a Ctrl-C on any rank is voted on in the next step's all-reduce, so
+        // that every rank stops after the same step.
+        if (group.is_none() && INTERRUPTED.load(Ordering::SeqCst))
+            || (group.is_some() && state.stop)
+            || opts.stop_after.is_some_and(|n| state.step - start_step >= n)
+        {
             interrupted = true;
             break;
         }
+        state.stop = INTERRUPTED.load(Ordering::SeqCst);
         let s = state.step + 1;
         let mut rng = Rng::stream(t.seed ^ STEP_STREAM, s);
-        let idx = Tensor::from_slice(&order.batch(state.step, t.batch));
+        let all_idx = order.batch(state.step, t.batch);
+        // Augmentation draws over the whole batch, so with it every rank prepares all images.
+        let keep = if augment.is_some() { 0..t.batch } else { lo..lo + local };
+        let idx = Tensor::from_slice(&all_idx[keep.clone()]);
         let mut x0 = data.images.index_select(0, &idx);
         if cfg.data.flip {
             let flips: Vec<f32> = (0..t.batch).map(|_| (rng.uniform() < 0.5) as i64 as f32).collect();
-            let fl = Tensor::from_slice(&flips).reshape([-1, 1, 1, 1]);
+            let fl = Tensor::from_slice(&flips[keep.clone()]).reshape([-1, 1, 1, 1]);
             x0 = &x0 * (1.0 - &fl) + x0.flip([3]) * &fl;
         }
-        let draws = stages.draw(t.batch, &mut rng)?;
-        let z = batch_to_device(&rng.randn(&[t.batch as i64, c, h, w], Kind::Float), device);
+        let all_draws = stages.draw(t.batch, &mut rng)?;
+        let draws = if world == 1 { all_draws.clone() } else { all_draws.slice(lo, local) };
+        let z = rng.randn(&[t.batch as i64, c, h, w], Kind::Float);
+        let z = batch_to_device(&if world == 1 { z } else { z.narrow(0, lo as i64, local as i64) }, device);
         let x0 = batch_to_device(&x0, device);
         // EDM's augmentation draws from its own stream, so runs without it draw as before.
         let (x0, labels) = match &augment {
             Some(pipe) => {
                 let (x, l) = pipe.run(&x0, &mut Rng::stream(t.seed ^ AUGMENT_STREAM, s))?;
-                (x, Some(l))
+                match world {
+                    1 => (x, Some(l)),
+                    _ => (x.narrow(0, lo as i64, local as i64), Some(l.narrow(0, lo as i64, local as i64))),
+                }
             }
             None => (x0, None),
         };
@@ -162,7 +205,9 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         let stats = guard_oom(
             || {
                 let batch = Batch { x0: &x0, z: &z, draws: &draws, augment: labels.as_ref() };
-                state.step(&objective, &batch, Update { lr, ema_decay: decay, dropout_seed: dropout_seed(t.seed, s) })
+                // Each rank's dropout masks come from its own seed (rank 0's is the one-process seed).
+                let dropout_seed = dropout_seed(t.seed, s) ^ ((rank as i64) << 40);
+                state.step(&objective, &batch, Update { lr, ema_decay: decay, dropout_seed })
             },
             &oom,
         )?;
@@ -177,6 +222,8 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
                 stats.loss
             );
         }
+        // The statistics are global: stats.per_sample holds every rank's losses.
+        let draws = all_draws;
         window.add(&stats, &draws.stage);
         window_gflop += draws.stage.iter().map(|&j| compute.stage_gflops[j as usize]).sum::<f64>();
         window_images += draws.stage.len();
@@ -186,26 +233,37 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             let mut v = serde_json::to_value(&line)?;
             v["fwd_gflop_per_image"] = serde_json::json!(window_gflop / window_images.max(1) as f64);
             (window_gflop, window_images) = (0.0, 0);
-            writeln!(log, "{}", json_line(&v)).context("cannot write metrics.jsonl")?;
+            if let Some(log) = log.as_mut() {
+                writeln!(log, "{}", json_line(&v)).context("cannot write metrics.jsonl")?;
+            }
             bar.set_message(line.summary());
             losses.push((s, line.loss));
         }
         bar.set_position(s);
-        if s % t.checkpoint_every == 0 && s != t.steps {
+        if main && s % t.checkpoint_every == 0 && s != t.steps {
             last_ckpt = Some(state.save(&ckpt_dir, cfg)?);
         }
-        if opts.write_samples && t.sample_every > 0 && s % t.sample_every == 0 && s != t.steps {
+        if main && opts.write_samples && t.sample_every > 0 && s % t.sample_every == 0 && s != t.steps {
             write_samples(cfg, &state.ema, &opts.run_dir, s, device)?;
         }
     }
-    let ckpt = state.save(&ckpt_dir, cfg)?;
+    state.check_ranks_agree()?;
+    // Rank 0 writes; the others return the path it writes to.
+    let ckpt = match main {
+        true => state.save(&ckpt_dir, cfg)?,
+        false => ckpt_dir.join(checkpoint::step_dir_name(state.step)),
+    };
     bar.finish_and_clear();
     let step = state.step;
-    if opts.write_samples && !interrupted {
+    if main && opts.write_samples && !interrupted {
         write_samples(cfg, &state.ema, &opts.run_dir, step, device)?;
     }
-    if !interrupted {
+    if main && !interrupted {
         let _ = plot_losses(&opts.run_dir);
+    }
+    if let Some(g) = group {
+        // Every rank returns once the checkpoint is on disk.
+        g.barrier()?;
     }
     Ok(TrainOutcome { step, checkpoint: ckpt, interrupted, losses, seconds: began.elapsed().as_secs_f64() })
 }
