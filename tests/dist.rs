@@ -223,3 +223,28 @@ fn a_bad_environment_is_a_one_line_error() {
         assert!(began.elapsed() < Duration::from_secs(30), "{vars:?} took {:?}", began.elapsed());
     }
 }
+
+/// The `rank` stage policy: rank r trains stage r mod K only; K = 3 stages need 3 ranks.
+#[test]
+fn the_rank_stage_policy_trains_each_stage_on_its_own_ranks() {
+    let dir = tmp("dist-rank-policy");
+    let text =
+        std::fs::read_to_string(config(&dir)).unwrap().replace("[optim]", "[objective]\npolicy = \"rank\"\n[optim]");
+    let cfg = dir.join("rank.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let run = dir.join("r");
+    let out = launch(2, &train_args(cfg, run.to_str().unwrap(), &["--steps", "2"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs at least 3 ranks (got 2)"), "{err}");
+    ok(launch(3, &train_args(cfg, run.to_str().unwrap(), &["--steps", "4", "--batch", "9"])), "3 ranks");
+    // Each step's 9 samples are 3 per stage: every stage has a loss in every line.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let by_stage = v["loss_by_stage"].as_array().unwrap();
+        assert!(by_stage.len() == 3 && by_stage.iter().all(|l| l.is_number()), "{line}");
+        assert!(v["allreduce_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+}

@@ -26,6 +26,10 @@ pub enum StagePolicy {
     /// therefore the base law's mass (96.1 / 3.5 / 0.35 % at the paper's EDM cuts), whatever
     /// `weights` says.
     Edm,
+    /// Data-parallel: the stage is fixed by the rank, stage = rank mod K (as the authors' LDM
+    /// code trains each stage on its own GPUs); needs at least K ranks. Times within the stage
+    /// follow the base law restricted to it.
+    Rank,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +94,8 @@ pub struct StageSampler {
     sigma_bounds: Vec<(f64, f64)>,
     /// Probability of each stage.
     pub weights: Vec<f64>,
+    /// This process's rank (the `rank` policy's stage is rank mod K).
+    rank: usize,
 }
 
 /// One batch's draws.
@@ -124,7 +130,7 @@ impl StageSampler {
         }
         let sigma_bounds: Vec<(f64, f64)> = edges.windows(2).map(|w| (w[0], w[1])).collect();
         let k = sigma_bounds.len();
-        let mut s = StageSampler { process: process.clone(), cfg: cfg.clone(), sigma_bounds, weights: vec![] };
+        let mut s = StageSampler { process: process.clone(), cfg: cfg.clone(), sigma_bounds, weights: vec![], rank: 0 };
         let masses: Vec<f64> = (0..k).map(|j| s.base_mass(j)).collect();
         let lengths: Vec<f64> = (0..k).map(|j| s.length(j)).collect();
         for (j, &mass) in masses.iter().enumerate() {
@@ -256,6 +262,17 @@ impl StageSampler {
         self.sigma_bounds.iter().position(|&(lo, hi)| sigma >= lo && sigma < hi).unwrap_or(self.sigma_bounds.len() - 1)
     }
 
+    /// The sampler of rank `rank` of `world` (only the `rank` policy draws differently per rank).
+    pub fn for_rank(mut self, rank: usize, world: usize) -> Result<Self> {
+        let k = self.sigma_bounds.len();
+        ensure!(
+            self.cfg.policy != StagePolicy::Rank || world >= k,
+            "objective.policy = \"rank\" trains stage j on the ranks r with r mod {k} = j, so it needs at least {k} ranks (got {world}); launch more ranks or choose another policy"
+        );
+        self.rank = rank;
+        Ok(self)
+    }
+
     /// Draw stage, t and sigma for `batch` samples.
     pub fn draw(&self, batch: usize, rng: &mut Rng) -> Result<Draws> {
         let mut d = Draws::default();
@@ -263,6 +280,7 @@ impl StageSampler {
             StagePolicy::Mixed => None,
             StagePolicy::Single => Some(self.pick_stage(rng)),
             StagePolicy::Edm => Some(self.base_draw_stage(rng)),
+            StagePolicy::Rank => Some(self.rank % self.sigma_bounds.len()),
         };
         for _ in 0..batch {
             let j = single.unwrap_or_else(|| self.pick_stage(rng));
@@ -279,6 +297,21 @@ impl StageSampler {
 mod tests {
     use super::*;
     use crate::process::ProcessConfig;
+
+    #[test]
+    fn the_rank_policy_fixes_the_stage_by_rank_and_needs_k_ranks() {
+        let vp = ProcessConfig::default().build().unwrap();
+        let b = [0.5, 2.0];
+        let cfg = ObjectiveConfig { policy: StagePolicy::Rank, ..Default::default() };
+        let mut r = Rng::stream(1, 1);
+        for rank in 0..6 {
+            let s = StageSampler::new(&vp, &cfg, &b).unwrap().for_rank(rank, 6).unwrap();
+            let d = s.draw(16, &mut r).unwrap();
+            assert!(d.stage.iter().all(|&j| j == (rank % 3) as i64), "{:?}", d.stage);
+        }
+        let e = StageSampler::new(&vp, &cfg, &b).unwrap().for_rank(0, 2).err().unwrap();
+        assert!(e.to_string().contains("needs at least 3 ranks"), "{e}");
+    }
 
     #[test]
     fn normal_cdf_values() {

@@ -43,6 +43,10 @@ pub struct TrainState {
     /// Data-parallel stop vote: set by the loop when this rank wants to stop (Ctrl-C); after a
     /// step, true when any rank asked, so that every rank stops after the same step.
     pub stop: bool,
+    /// Data-parallel: seconds spent in the gradient all-reduce itself, and in all of the
+    /// synchronisation (flattening the gradients, the all-reduce, unflattening), summed over steps.
+    pub allreduce_seconds: f64,
+    pub sync_seconds: f64,
 }
 
 /// One step's inputs.
@@ -111,7 +115,20 @@ impl TrainState {
         if mixed {
             copy_into(&params, &masters, "bf16 weights")?;
         }
-        Ok(TrainState { model: net, ema, masters, params, ema_params, adam, mixed, step: 0, group: None, stop: false })
+        Ok(TrainState {
+            model: net,
+            ema,
+            masters,
+            params,
+            ema_params,
+            adam,
+            mixed,
+            step: 0,
+            group: None,
+            stop: false,
+            allreduce_seconds: 0.0,
+            sync_seconds: 0.0,
+        })
     }
 
     /// Continue from a checkpoint: weights, EMA, Adam moments and step counts, the step.
@@ -175,11 +192,12 @@ impl TrainState {
     /// rank, at its offset in the global batch). Returns the averaged gradients, the global
     /// per-sample losses and the stop decision.
     fn all_reduce(
-        &self,
+        &mut self,
         group: &crate::dist::Group,
         grads: Vec<Tensor>,
         per: &Tensor,
     ) -> Result<(Vec<Tensor>, Vec<f64>, bool)> {
+        let began = std::time::Instant::now();
         let device = self.masters[0].1.device();
         let local = per.size()[0] as usize;
         let global = local * group.world;
@@ -206,7 +224,13 @@ impl TrainState {
         parts.push(Tensor::from_slice(&tail).to_device(device));
         let mut flat = Tensor::cat(&parts, 0);
         drop(parts);
+        let reduce = std::time::Instant::now();
         group.all_reduce_sum(&mut flat)?;
+        if let Device::Cuda(i) = device {
+            // NCCL runs on its own stream: wait for it, so that the time is the collective's.
+            tch::Cuda::synchronize(i as i64);
+        }
+        self.allreduce_seconds += reduce.elapsed().as_secs_f64();
         let n_grad: i64 = self.masters.iter().map(|(_, p)| p.numel() as i64).sum();
         let tail = Vec::<f32>::try_from(flat.narrow(0, n_grad, flat.size()[0] - n_grad).to_device(tch::Device::Cpu))?;
         let grad_flat = flat.narrow(0, 0, n_grad) / group.world as f64;
@@ -220,6 +244,7 @@ impl TrainState {
         let k = self.masters.len();
         let stop = tail[k] > 0.0;
         let per_sample = tail[k + 1..].iter().map(|&v| v as f64).collect();
+        self.sync_seconds += began.elapsed().as_secs_f64();
         Ok((out, per_sample, stop))
     }
 

@@ -89,10 +89,17 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     );
     let device = opts.device;
     let objective = cfg.build_objective()?;
-    let stages = StageSampler::new(&objective.process, &cfg.objective, &objective.boundaries_sigma)?;
     let t = &cfg.train;
     let group = crate::dist::current();
     let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
+    let stages =
+        StageSampler::new(&objective.process, &cfg.objective, &objective.boundaries_sigma)?.for_rank(rank, world)?;
+    // Under the `rank` stage policy position p of the global batch belongs to rank p / local,
+    // whose stage is that rank mod K: what the log attributes each global sample to.
+    let rank_stages = (cfg.objective.policy == crate::objective::StagePolicy::Rank).then(|| {
+        let k = stages.stages() as i64;
+        (0..t.batch).map(|p| ((p / (t.batch / world).max(1)) as i64) % k).collect::<Vec<i64>>()
+    });
     let main = rank == 0;
     ensure!(
         t.batch % world == 0,
@@ -144,6 +151,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         )?;
     }
     let (mut window_gflop, mut window_images) = (0.0, 0usize);
+    let mut window_comm = (0.0, 0.0);
     let began = Instant::now();
     let mut window = LossWindow::new(stages.stages());
     let mut losses = Vec::new();
@@ -223,7 +231,10 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             );
         }
         // The statistics are global: stats.per_sample holds every rank's losses.
-        let draws = all_draws;
+        let mut draws = all_draws;
+        if let Some(st) = &rank_stages {
+            draws.stage.clone_from(st);
+        }
         window.add(&stats, &draws.stage);
         window_gflop += draws.stage.iter().map(|&j| compute.stage_gflops[j as usize]).sum::<f64>();
         window_images += draws.stage.len();
@@ -233,6 +244,12 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             let mut v = serde_json::to_value(&line)?;
             v["fwd_gflop_per_image"] = serde_json::json!(window_gflop / window_images.max(1) as f64);
             (window_gflop, window_images) = (0.0, 0);
+            if group.is_some() {
+                // Data-parallel: this window's seconds in the all-reduce and in all gradient sync.
+                v["allreduce_s"] = serde_json::json!(state.allreduce_seconds - window_comm.0);
+                v["sync_s"] = serde_json::json!(state.sync_seconds - window_comm.1);
+                window_comm = (state.allreduce_seconds, state.sync_seconds);
+            }
             if let Some(log) = log.as_mut() {
                 writeln!(log, "{}", json_line(&v)).context("cannot write metrics.jsonl")?;
             }
