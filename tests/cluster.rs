@@ -74,7 +74,7 @@ fn two_point_set_matches_the_analytic_curves_and_cuts() {
         0,
     );
     let p = vp();
-    let opts = OptimalOptions { alpha: 0.9, eta, samples: 6000, seed: 11, scale: DataScale::Symmetric, t_min: 1e-3 };
+    let opts = OptimalOptions { alpha: 0.9, eta, samples: 6000, seed: 11, scale: DataScale::Symmetric, ..Default::default() };
     let curves = agreement_curves(&pts, &p, &opts, Device::Cpu, |_| {}).unwrap();
     // (1) Binned curves vs the closed form: 20 bins of ~300 samples; binomial std <= 0.029, and
     // the expectation varies inside a bin, so we allow 0.09 (3 std).
@@ -148,4 +148,27 @@ fn bad_options_are_refused() {
     assert!(OptimalOptions { samples: 10, ..ok.clone() }.validate(3).is_err());
     assert!(ok.validate(1).is_err());
     assert!(ok.validate(3).is_ok());
+}
+
+/// The mixed-precision Algorithm 1 (f32 posterior means, f64 where the error bound is not small
+/// against the decision threshold) against the all-f64 path at the same draws: the per-sample
+/// scores may differ only for pixels within a few % of their threshold, and the cuts not at all.
+#[test]
+fn mixed_precision_clustering_matches_the_f64_path() {
+    let mut r = msdiff::rng::Rng::new(9);
+    // 300 images of 784 pixels on a 1/255 grid in [-1, 1], as real 8-bit data (large norms:
+    // where f32 dot products lose the most).
+    let v: Vec<f64> = (0..300 * 784).map(|_| (r.below(256) as f64) / 127.5 - 1.0).collect();
+    let data = Tensor::from_slice(&v).reshape([300, 1, 28, 28]);
+    let opts = OptimalOptions { samples: 2000, seed: 4, ..Default::default() };
+    let mixed = agreement_curves(&data, &vp(), &opts, Device::Cpu, |_| {}).unwrap();
+    let f64 = OptimalOptions { arithmetic: msdiff::denoiser::optimal::Arithmetic::F64, ..opts.clone() };
+    let exact = agreement_curves(&data, &vp(), &f64, Device::Cpu, |_| {}).unwrap();
+    assert_eq!(mixed.t, exact.t);
+    let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let (d0, d1) = (worst(&mixed.s0, &exact.s0), worst(&mixed.s1, &exact.s1));
+    println!("largest score differences: S0 {d0}, S1 {d1} (one pixel = {})", 1.0 / 784.0);
+    // One pixel is 1/784 of a score: allow two flipped pixels in the worst sample.
+    assert!(d0 <= 2.0 / 784.0 + 1e-12 && d1 <= 2.0 / 784.0 + 1e-12, "S0 differs by {d0}, S1 by {d1}");
+    assert_eq!(algorithm1_cuts(&mixed, 0.9).unwrap(), algorithm1_cuts(&exact, 0.9).unwrap());
 }

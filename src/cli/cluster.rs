@@ -54,6 +54,10 @@ pub struct ClusterArgs {
     /// Smallest t drawn (official 1e-3).
     #[arg(long, default_value_t = 1e-3)]
     pub t_min: f64,
+    /// Algorithm 1's posterior means: mixed (f32, with f64 exactly where an S0/S1 decision could
+    /// differ from f64's) or f64 (everything in f64: the slower check; same cuts).
+    #[arg(long, value_enum, default_value_t = crate::denoiser::optimal::Arithmetic::Mixed)]
+    pub precision: crate::denoiser::optimal::Arithmetic,
     /// Grid points of the interval programmes: default 1000 (snr, timestep: the discrete steps)
     /// or 100 (gradient, as Go et al. and the paper's authors).
     #[arg(long)]
@@ -118,10 +122,16 @@ pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
             let ds = data::load(&spec, &opts)?;
             cluster::gradient::check_checkpoints(&ckpts, &ds)?;
             if !g.quiet {
-                eprintln!("msdiff: gradient similarity of {} checkpoint(s) at {grid} timesteps on {} images of '{spec}'", ckpts.len(), a.batch);
+                eprintln!(
+                    "msdiff: gradient similarity of {} checkpoint(s) at {grid} timesteps on {} images of '{spec}'",
+                    ckpts.len(),
+                    a.batch
+                );
             }
             let bar = progress((ckpts.len() * grid) as u64, "gradients", g.quiet);
-            let sim = cluster::gradient::gradient_similarity(&ckpts, &ds, grid, a.batch, a.seed, g.device()?, |k| bar.set_position(k as u64))?;
+            let sim = cluster::gradient::gradient_similarity(&ckpts, &ds, grid, a.batch, a.seed, g.device()?, |k| {
+                bar.set_position(k as u64)
+            })?;
             bar.finish_and_clear();
             let starts = cluster::gradient::similarity_cuts(&sim, a.stages)?;
             let cuts: Vec<f64> = starts.iter().map(|&i| (i + 1) as f64 / grid as f64).collect();
@@ -142,6 +152,7 @@ pub fn run(g: &Global, a: ClusterArgs) -> Result<i32> {
                 seed: a.seed,
                 scale: a.scale,
                 t_min: a.t_min,
+                arithmetic: a.precision,
             };
             opts.validate(a.stages)?;
             let spec = a.data.as_deref().unwrap_or("builtin");

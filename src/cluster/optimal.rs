@@ -30,6 +30,14 @@ crate::names::named_enum! {
     }
 }
 
+/// Largest error bound of an f32 posterior mean that Algorithm 1 accepts, as a fraction of the
+/// decision threshold eta sigma. The bound ([`OptimalDenoiser::mean_error_bound`]) is built on a
+/// logit error estimate with a measured ~35x margin, so an accepted mean is in practice within a
+/// few % of the threshold of the f64 one: a pixel's decision |v - m| <= eta sigma can only differ
+/// when |v - m| is that close to the threshold, and the cuts (means over thousands of samples of
+/// such fractions) equal the f64 path's (`--precision f64`; docs/CLUSTERING.md, "Precision").
+pub const DECISION_TOLERANCE: f64 = 1.0;
+
 /// Options of Algorithm 1. Defaults: the official eta = 2/255 on [0,1] data, t_min = 1e-3,
 /// K = 5000 samples. alpha is not published; 0.9 is our default (see docs/CLUSTERING.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,11 +49,24 @@ pub struct OptimalOptions {
     pub seed: u64,
     pub scale: DataScale,
     pub t_min: f64,
+    /// `mixed` (default): f32 posterior means, recomputed in f64 for the samples whose S0/S1
+    /// decisions the f32 error bound cannot settle, so every decision equals the f64 one;
+    /// `f64`: every posterior mean in f64 (the check).
+    #[serde(default)]
+    pub arithmetic: crate::denoiser::optimal::Arithmetic,
 }
 
 impl Default for OptimalOptions {
     fn default() -> Self {
-        OptimalOptions { alpha: 0.9, eta: 2.0 / 255.0, samples: 5000, seed: 0, scale: DataScale::Unit, t_min: 1e-3 }
+        OptimalOptions {
+            alpha: 0.9,
+            eta: 2.0 / 255.0,
+            samples: 5000,
+            seed: 0,
+            scale: DataScale::Unit,
+            t_min: 1e-3,
+            arithmetic: Default::default(),
+        }
     }
 }
 
@@ -94,10 +115,9 @@ pub fn agreement_curves(
         DataScale::Unit => (flat + 1.0) * 0.5,
         DataScale::Symmetric => flat,
     };
-    let den = OptimalDenoiser::new(&flat, device)?;
+    let den = OptimalDenoiser::new(&flat, device)?.with_arithmetic(opts.arithmetic);
     let d = den.dim();
     let ybar = den.mean().to_kind(Kind::Double);
-    let range = den.value_range().max(1e-12);
     let k = opts.samples;
     // Draws: sample k uses stream (seed, k) for its index, time and noise, so the scores do not
     // depend on the batch size.
@@ -124,12 +144,15 @@ pub fn agreement_curves(
         let z = Tensor::from_slice(&z).reshape([len as i64, d]).to_device(device);
         let s = Tensor::from_slice(&sig).to_device(device);
         let x = &y + &z * s.unsqueeze(1);
-        // S0/S1 compare |m - y| and |m - ybar| with eta sigma; a logit error delta moves m by at
-        // most delta x range, so refining in f64 only where the f32 bound exceeds 1 % of eta sigma /
-        // range keeps every decision's error below 1 % of its threshold.
-        let tol: Vec<f64> = sig.iter().map(|s| 0.01 * opts.eta * s / range).collect();
-        let m = den.posterior_mean_tol(&x, &s, Some(&tol))?;
+        // S0/S1 compare |y - m| and |ybar - m| with eta sigma, pixel by pixel. The f32 pass's mean
+        // is within `bound` of the exact one (OptimalDenoiser::mean_error_bound), so a decision can
+        // differ from the f64 one only for a pixel within `bound` of its threshold. Rows whose
+        // bound exceeds TOLERANCE x eta sigma are recomputed exactly; the rest keep f32 means
+        // (docs/CLUSTERING.md, "Precision": the cuts equal the f64 path's).
         let thr = s.unsqueeze(1) * opts.eta;
+        let m = den.posterior_mean_refined(&x, &s, &mut |_start, sig, _m, bound| {
+            sig.iter().zip(bound).map(|(s, b)| *b > DECISION_TOLERANCE * opts.eta * s).collect()
+        })?;
         let s0 = (&y - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
         let s1 = (ybar.unsqueeze(0) - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
         t_all.extend(ts);

@@ -37,26 +37,35 @@ pub const CUTOFF: f64 = 40.0;
 /// Above this many candidates a row is recomputed in f64 over the whole set instead.
 pub const MAX_CANDIDATES: i64 = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arithmetic {
-    /// f32 matrix products with an f64 refinement where f32 is not accurate enough (default).
-    Mixed,
-    /// Everything in f64 (about half the speed on CPUs).
-    F64,
+crate::names::named_enum! {
+    /// How posterior means are computed.
+    #[derive(Default)]
+    pub enum Arithmetic ("arithmetic") {
+        /// f32 matrix products with an f64 refinement where f32 is not accurate enough (default).
+        #[default]
+        Mixed = "mixed",
+        /// Everything in f64 (about half the speed on CPUs): the reference the mixed mode is checked against.
+        F64 = "f64",
+    }
 }
 
 /// The optimal denoiser of an in-memory dataset.
 pub struct OptimalDenoiser {
     /// `[N, D]` f32 training points (flattened).
     data: Tensor,
-    /// `[D, N]` contiguous copy (the distance GEMM runs ~1.4x faster on it than on a transposed view).
-    data_t: Tensor,
-    /// `[N]` f32 squared norms ||y_i||^2 (computed in f64, then rounded).
-    sq_norms: Tensor,
+    /// `[D + 1, N]`: the points as columns (contiguous: the GEMM runs ~1.4x faster on it than on a
+    /// transposed view) with their squared norms as the last row, so that one GEMM against
+    /// `[2c x, -c]` gives the logits `c (2 x.y - ||y||^2)` directly.
+    data_aug_t: Tensor,
     /// `[D]` f64 dataset mean.
     mean: Tensor,
     /// Max ||y_i|| (for the error bound).
     max_norm: f64,
+    /// Largest |value| of the data (for the error bound of the weighted mean).
+    max_abs: f64,
+    /// The points and their squared norms in f64, made on first use by an f64 pass (so that
+    /// a pass over a few rows does not convert the whole set again).
+    data64: std::cell::OnceCell<(Tensor, Tensor)>,
     /// Largest minus smallest data value.
     value_range: f64,
     item_shape: Vec<i64>,
@@ -88,11 +97,12 @@ impl OptimalDenoiser {
         // Keep the [rows, N] f32 logit block around 64 MiB.
         let block_rows = ((16 << 20) / n.max(1)).clamp(1, 4096);
         Ok(OptimalDenoiser {
-            data_t: data32.tr().contiguous(),
+            data_aug_t: Tensor::cat(&[data32.tr(), sq_norms.to_kind(Kind::Float).unsqueeze(0)], 0).contiguous(),
             data: data32,
-            sq_norms: sq_norms.to_kind(Kind::Float),
             mean,
             max_norm,
+            max_abs: flat.abs().max().double_value(&[]),
+            data64: std::cell::OnceCell::new(),
             value_range: flat.max().double_value(&[]) - flat.min().double_value(&[]),
             item_shape: size[1..].to_vec(),
             precision: Arithmetic::Mixed,
@@ -113,7 +123,8 @@ impl OptimalDenoiser {
 
     /// Bytes this denoiser keeps for `n` items of `d` values (two f32 copies plus norms).
     pub fn memory_estimate(n: i64, d: i64) -> u64 {
-        (n as u64) * (d as u64) * 8 + (n as u64) * 4
+        // f32 points, their [D + 1, N] copy, and the f64 copy an f64 pass makes.
+        (n as u64) * (d as u64) * 16 + (n as u64) * 12
     }
 
     /// Refuse a dataset of `n` images of `d` values whose optimal denoiser would not fit in the
@@ -165,10 +176,52 @@ impl OptimalDenoiser {
     }
 
     /// [`Self::posterior_mean`] with a per-row logit tolerance (natural-log units) replacing the
-    /// denoiser's own: a caller that knows how precise the mean must be (e.g. the clustering, whose
-    /// decisions compare |m - y| with eta sigma) can accept the f32 pass where its error bound allows.
-    /// A logit error of at most delta on every weight moves the mean by at most delta x (data range).
+    /// denoiser's own: rows whose f32 logit error bound exceeds it are recomputed in f64.
+    /// A logit error of at most delta on every weight moves the mean by at most
+    /// [`Self::mean_error_bound`]`(delta)`.
     pub fn posterior_mean_tol(&self, x: &Tensor, sigma: &Tensor, tol: Option<&[f64]>) -> Result<Tensor> {
+        let b = x.size().first().copied().unwrap_or(0) as usize;
+        if let Some(t) = tol {
+            ensure!(t.len() == b, "{} tolerances for {b} queries", t.len());
+        }
+        let range = self.value_range.max(1e-12);
+        let eps_tol = self.eps_tol;
+        // A logit tolerance delta allows a mean error of (e^(2 delta) - 1) x range.
+        self.posterior_mean_refined(x, sigma, &mut |start, sig, _m, bound| {
+            (0..bound.len())
+                .map(|r| bound[r] > tol.map_or(eps_tol * sig[r], |t| (2.0 * t[start + r]).exp_m1() * range))
+                .collect()
+        })
+    }
+
+    /// Bound on any value of a mean computed by the f32 pass. With every logit off by at most
+    /// `logit_err`, every weight is off by a factor within e^(+-2 logit_err) (the logit and the
+    /// normaliser), and m* - m = sum_i (w*_i - w_i)(y_i - y_top), so per value
+    /// |m* - m| <= range sum_{i != top} |w*_i - w_i|, which is at most
+    /// - (e^(2 logit_err) - 1) range (spread weights), and at most
+    /// - 2 (N - 1) e^(2 logit_err - gap) range, where `gap` is the f32 logit gap between the top two
+    ///   points (concentrated weights: at small sigma the f32 mean is the nearest point, exactly);
+    ///
+    /// plus the f32 rounding of the weighted-mean GEMM, 2 eps32 sqrt(`nonzero`) x the largest
+    /// |value| for `nonzero` weights that did not underflow.
+    pub fn mean_error_bound(&self, logit_err: f64, gap: f64, nonzero: f64) -> f64 {
+        let n = self.len() as f64;
+        let spread = (2.0 * logit_err).exp_m1();
+        let concentrated = 2.0 * (n - 1.0).max(0.0) * (2.0 * logit_err - gap).exp();
+        spread.min(concentrated) * self.value_range + 2.0 * f32::EPSILON as f64 * nonzero.max(1.0).sqrt() * self.max_abs
+    }
+
+    /// Posterior means computed in f32 wherever the caller accepts them: after the f32 pass over
+    /// a block of queries, `refine(start, sigma, m, bound)` receives the block's first query
+    /// index, its sigmas, its f32-pass means `[rows, D]` (f64) and each row's bound on the error
+    /// of any value of its mean ([`Self::mean_error_bound`]), and returns which rows must be recomputed exactly (f64 over the candidates that matter, see
+    /// the module docs). [`Arithmetic::F64`] computes every row in f64 and never asks.
+    pub fn posterior_mean_refined(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        refine: &mut dyn FnMut(usize, &[f64], &Tensor, &[f64]) -> Vec<bool>,
+    ) -> Result<Tensor> {
         let size = x.size();
         ensure!(
             size.len() == 2 && size[1] == self.dim(),
@@ -181,10 +234,6 @@ impl OptimalDenoiser {
         if let Some(s) = sig.iter().find(|s| !(**s > 0.0 && s.is_finite())) {
             bail!("sigma must be positive and finite, got {s}");
         }
-        let range = self.value_range.max(1e-12);
-        let own: Vec<f64> = sig.iter().map(|s| self.eps_tol * s / range).collect();
-        let tol = tol.unwrap_or(&own);
-        ensure!(tol.len() == b as usize, "{} tolerances for {b} queries", tol.len());
         let device = self.data.device();
         let x64 = x.to_kind(Kind::Double).to_device(device);
         let mut out = Vec::new();
@@ -192,19 +241,18 @@ impl OptimalDenoiser {
         while start < b {
             let len = self.block_rows.min(b - start);
             let xb = x64.narrow(0, start, len);
-            let range = start as usize..(start + len) as usize;
-            let sb = &sig[range.clone()];
+            let sb = &sig[start as usize..(start + len) as usize];
             out.push(match self.precision {
                 Arithmetic::F64 => self.block_f64(&xb, sb),
-                Arithmetic::Mixed => self.block_mixed(&xb, sb, &tol[range]),
+                Arithmetic::Mixed => self.block_mixed(&xb, sb, start as usize, refine),
             });
             start += len;
         }
         Ok(Tensor::cat(&out, 0))
     }
 
-    /// Exact f64 posterior means for a block, streaming over the dataset in chunks with an
-    /// online (running-max) softmax so that no f64 copy of the whole set is needed.
+    /// Exact f64 posterior means for a block, streaming over the (cached f64) dataset in chunks
+    /// with an online (running-max) softmax, so the `[rows, chunk]` logits stay small.
     fn block_f64(&self, x: &Tensor, sig: &[f64]) -> Tensor {
         let n = self.len();
         let device = x.device();
@@ -213,13 +261,18 @@ impl OptimalDenoiser {
         let mut run_max = Tensor::full([rows], f64::NEG_INFINITY, (Kind::Double, device));
         let mut run_sum = Tensor::zeros([rows], (Kind::Double, device));
         let mut acc = Tensor::zeros([rows, self.dim()], (Kind::Double, device));
+        let (data64, sq64) = self.data64.get_or_init(|| {
+            let d = self.data.to_kind(Kind::Double);
+            let sq = d.square().sum_dim_intlist(1, false, Kind::Double);
+            (d, sq)
+        });
         let chunk = ((8 << 20) / self.dim().max(1)).clamp(256, 65536);
         let xsq = x.square().sum_dim_intlist(1, true, Kind::Double);
         let mut s = 0;
         while s < n {
             let len = chunk.min(n - s);
-            let y = self.data.narrow(0, s, len).to_kind(Kind::Double);
-            let ysq = y.square().sum_dim_intlist(1, false, Kind::Double);
+            let y = data64.narrow(0, s, len);
+            let ysq = sq64.narrow(0, s, len);
             // -||x - y||^2 / (2 s^2), with the ||x||^2 kept so values are true distances.
             let d = (&xsq - x.matmul(&y.tr()) * 2.0 + ysq.unsqueeze(0)).clamp_min(0.0);
             let logits = -d * inv2s2.unsqueeze(1);
@@ -235,34 +288,55 @@ impl OptimalDenoiser {
         acc / run_sum.unsqueeze(1)
     }
 
-    fn block_mixed(&self, x64: &Tensor, sig: &[f64], tol: &[f64]) -> Tensor {
+    fn block_mixed(
+        &self,
+        x64: &Tensor,
+        sig: &[f64],
+        start: usize,
+        refine: &mut dyn FnMut(usize, &[f64], &Tensor, &[f64]) -> Vec<bool>,
+    ) -> Tensor {
         let device = x64.device();
         let rows = x64.size()[0];
-        let x32 = x64.to_kind(Kind::Float);
         let inv2s2: Vec<f64> = sig.iter().map(|s| 0.5 / (s * s)).collect();
-        let inv = Tensor::from_slice(&inv2s2).to_kind(Kind::Float).to_device(device).unsqueeze(1);
-        // logits = (2 x.y - ||y||^2) / (2 s^2): one GEMM against the contiguous [D, N] copy.
-        let logits = (x32.matmul(&self.data_t) * 2.0 - self.sq_norms.unsqueeze(0)) * &inv;
-        let lmax = logits.amax([1].as_slice(), true);
-        let w = (&logits - &lmax).exp();
+        let c = Tensor::from_slice(&inv2s2).to_device(device).unsqueeze(1);
+        // logits = c (2 x.y - ||y||^2), c = 1 / (2 s^2): one GEMM of [2 c x, -c] against the
+        // contiguous [D + 1, N] copy, so no elementwise pass over the [rows, N] block is needed.
+        let x_aug = Tensor::cat(&[x64 * (&c * 2.0), -&c], 1).to_kind(Kind::Float);
+        let logits = x_aug.matmul(&self.data_aug_t);
+        let (top, _) = logits.topk(2.min(self.len()), 1, true, true);
+        let lmax = top.narrow(1, 0, 1);
+        let gap = if self.len() >= 2 {
+            vec_f64(&(top.select(1, 0) - top.select(1, 1)))
+        } else {
+            vec![f64::INFINITY; rows as usize]
+        };
+        let mut w = &logits - &lmax;
+        let _ = w.exp_();
         let wsum = w.sum_dim_intlist(1, true, Kind::Float);
+        let nonzero = vec_f64(&w.gt(0.0).sum_dim_intlist(1, false, Kind::Float));
         let mut m = (w.matmul(&self.data) / wsum).to_kind(Kind::Double);
+        drop(w);
         // Bound on each row's logit error: f32 rounding of the dot products, whose error grows like
-        // eps32 sqrt(D) |x| |y| (random-walk accumulation), taken 2x, plus that of ||y||^2; over 2 s^2.
+        // eps32 sqrt(D) |x| |y| (random-walk accumulation), taken 2x, plus that of ||y||^2; times c.
         // Measured on 64 x 20000 distances of [0,1]-scale 784-pixel data: the largest actual error
         // was 17x below eps32 sqrt(D) (2|x||y| + |y|^2), so the bound has a ~35x margin.
         let xnorm = vec_f64(&x64.square().sum_dim_intlist(1, false, Kind::Double).sqrt());
         let eps32 = f32::EPSILON as f64;
-        let sqrt_d = (self.dim() as f64).sqrt();
+        let sqrt_d = (self.dim() as f64 + 1.0).sqrt();
+        let err: Vec<f64> = (0..rows as usize)
+            .map(|r| {
+                2.0 * eps32 * sqrt_d * (2.0 * xnorm[r] * self.max_norm + self.max_norm * self.max_norm) * inv2s2[r]
+            })
+            .collect();
+        let bound: Vec<f64> = (0..rows as usize).map(|r| self.mean_error_bound(err[r], gap[r], nonzero[r])).collect();
+        let need = refine(start, sig, &m, &bound);
         let lmax_cpu = vec_f64(&lmax.squeeze_dim(1));
         let mut full_rows = Vec::new();
         for r in 0..rows as usize {
-            let err =
-                2.0 * eps32 * sqrt_d * (2.0 * xnorm[r] * self.max_norm + self.max_norm * self.max_norm) * inv2s2[r];
-            if err <= tol[r] {
+            if !need[r] {
                 continue;
             }
-            let thr = lmax_cpu[r] - CUTOFF - 2.0 * err;
+            let thr = lmax_cpu[r] - CUTOFF - 2.0 * err[r];
             let row = logits.get(r as i64);
             let idx = row.ge(thr).nonzero().squeeze_dim(1);
             let k = idx.size()[0];
