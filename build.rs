@@ -8,14 +8,16 @@
 //!
 //! `csrc/dist_shim.cpp` binds libtorch's c10d (TCPStore, ProcessGroupGloo, ProcessGroupNCCL;
 //! docs/DISTRIBUTED.md). Gloo is always compiled (its headers are vendored under
-//! `csrc/third_party/gloo`); NCCL only when the libtorch has CUDA and the CUDA runtime, crt/cccl
-//! and NCCL headers of the pip wheels are present (scripts/with-libtorch installs them), so the
-//! binary built here runs NCCL on a GPU machine.
+//! `csrc/third_party/gloo`); NCCL only when the libtorch has CUDA and the CUDA runtime, crt/nv
+//! and NCCL headers are present: the runtime and NCCL ones come with the torch wheel, `crt/` and
+//! `nv/` (from the `nvidia-cuda-crt` / `nvidia-cuda-cccl` wheels) in `MSDIFF_CUDA_HEADERS`, which
+//! scripts/with-libtorch fetches once and sets. So the binary built here runs NCCL on a GPU machine.
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=MSDIFF_NO_NCCL");
+    println!("cargo:rerun-if-env-changed=MSDIFF_CUDA_HEADERS");
     println!("cargo:rerun-if-changed=csrc");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         // torch-sys itself fails with a clear message when LIBTORCH is missing; nothing to add.
@@ -41,13 +43,16 @@ fn nccl_includes(torch: &Path) -> Option<Vec<PathBuf>> {
     let nvidia = torch.parent()?.join("nvidia");
     let cu = nvidia.join("cu13").join("include");
     let nccl = nvidia.join("nccl").join("include");
+    // crt/ and nv/ in the wheel's own folder (if someone installed those wheels), else the
+    // folder scripts/with-libtorch fetched.
+    let extra = std::env::var_os("MSDIFF_CUDA_HEADERS").map(PathBuf::from).unwrap_or_else(|| cu.clone());
     let needed = [
         cu.join("cuda_runtime.h"),
-        cu.join("crt").join("host_config.h"),
-        cu.join("nv").join("target"),
+        extra.join("crt").join("host_config.h"),
+        extra.join("nv").join("target"),
         nccl.join("nccl.h"),
     ];
-    needed.iter().all(|p| p.exists()).then(|| vec![cu, nccl])
+    needed.iter().all(|p| p.exists()).then(|| vec![cu, extra, nccl])
 }
 
 fn compile_shim(torch: &Path, nccl: bool) {

@@ -248,3 +248,56 @@ fn the_rank_stage_policy_trains_each_stage_on_its_own_ranks() {
         assert!(v["allreduce_s"].as_f64().unwrap() > 0.0, "{line}");
     }
 }
+
+/// The FID weights as tests/cli.rs finds them (None, with a SKIPPED note, when absent).
+fn fid_weights() -> Option<PathBuf> {
+    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
+    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
+    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
+        None => shared,
+    };
+    test_asset_present(&p, "FID weights").then_some(p)
+}
+
+/// `msdiff eval` on 2 ranks (seeds split, Inception features gathered) reports one process's FID.
+#[test]
+fn eval_on_two_ranks_gives_the_one_process_fid() {
+    let Some(weights) = fid_weights() else { return };
+    let w = weights.to_str().unwrap();
+    let dir = tmp("dist-eval");
+    let cfg = config(&dir);
+    let run = dir.join("run");
+    let run = run.to_str().unwrap();
+    ok(msdiff(&train_args(cfg.to_str().unwrap(), run, &["--steps", "2"])).output().unwrap(), "train");
+    let reference = dir.join("ref.safetensors");
+    let r = reference.to_str().unwrap();
+    let stats = ["fid", "stats", "--data", "builtin", "--limit", "16", "--weights", w, "--fid-batch", "16", "--out", r];
+    ok(msdiff(&stats).output().unwrap(), "fid stats");
+    let log = |name: &str| dir.join(name).to_string_lossy().to_string();
+    let (l1, l2) = (log("one.jsonl"), log("two.jsonl"));
+    let eval = |l: &str| -> Vec<String> {
+        ["eval", "--checkpoint", run, "--ref", r, "--n", "7", "--sampler", "euler", "--steps", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--weights", w, "--fid-batch", "4", "--batch", "4", "--log", l].iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let a1 = eval(&l1);
+    ok(msdiff(&a1.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap(), "eval on one process");
+    let a2 = eval(&l2);
+    let out = launch(2, &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ok(out, "eval on two ranks");
+    assert_eq!(stdout.matches("FID ").count(), 1, "rank 0 alone reports: {stdout}");
+    let fid = |p: &str| -> f64 {
+        let text = std::fs::read_to_string(p).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        serde_json::from_str::<serde_json::Value>(text.trim()).unwrap()["fid"].as_f64().unwrap()
+    };
+    let (f1, f2) = (fid(&l1), fid(&l2));
+    eprintln!("FID one process {f1}, two ranks {f2}");
+    assert!((f1 - f2).abs() <= 1e-6 * f1.abs().max(1.0), "{f1} vs {f2}");
+}

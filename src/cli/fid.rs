@@ -185,7 +185,10 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
-    let device = g.device()?;
+    // Launched data-parallel (msdiff launch / torchrun), each rank samples a contiguous share of
+    // the seeds and the Inception features are gathered, so N ranks give one process's FID.
+    let (device, group) = g.join_group()?;
+    let main = group.is_none_or(|gr| gr.rank == 0);
     let sampler = a.sampler.config()?;
     let seeds = match &a.seeds {
         Some(s) => parse_seeds(s)?,
@@ -194,24 +197,54 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let precision = a.precision;
     // Opened now, so that an unusable --log fails before the sampling and the FID, not after.
     let mut log = match &a.log {
-        Some(p) => Some(
+        Some(p) if main => Some(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
                 .with_context(|| format!("cannot open the log {}", p.display()))?,
         ),
-        None => None,
+        _ => None,
     };
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
     let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);
+    let (lo, hi) = match group {
+        Some(gr) => {
+            anyhow::ensure!(
+                seeds.len() >= gr.world,
+                "{} seeds cannot be spread over {} ranks; evaluate at least as many images as ranks",
+                seeds.len(),
+                gr.world
+            );
+            (seeds.len() * gr.rank / gr.world, seeds.len() * (gr.rank + 1) / gr.world)
+        }
+        None => (0, seeds.len()),
+    };
+    let quiet = g.quiet || !main;
     let t0 = std::time::Instant::now();
-    let bar = progress(seeds.len() as u64, "sample", g.quiet);
-    let (x, nfe) = l.sample(&sampler, &seeds, a.batch, device, |k| bar.set_position(k as u64))?;
+    let bar = progress((hi - lo) as u64, "sample", quiet);
+    let (x, nfe) = l.sample(&sampler, &seeds[lo..hi], a.batch, device, |k| bar.set_position(k as u64))?;
     bar.finish_and_clear();
     let sample_s = t0.elapsed().as_secs_f64();
-    let s = stats_of(&net, &x, a.net.fid_batch, g.quiet, None)?;
+    let s = match group {
+        None => stats_of(&net, &x, a.net.fid_batch, g.quiet, None)?,
+        Some(gr) => {
+            let bar = progress((hi - lo) as u64, "fid", quiet);
+            let f =
+                fid::features(&net, &fid::inception::pm1_to_u8(&x), a.net.fid_batch, |k| bar.set_position(k as u64))?;
+            bar.finish_and_clear();
+            // Every rank's features in seed order: zeros elsewhere, summed over the ranks.
+            let on = if gr.backend == crate::dist::BackendChoice::Nccl { device } else { Device::Cpu };
+            let mut all = Tensor::zeros([seeds.len() as i64, f.size()[1]], (f.kind(), on));
+            all.narrow(0, lo as i64, (hi - lo) as i64).copy_(&f);
+            gr.all_reduce_sum(&mut all)?;
+            if !main {
+                return Ok(0);
+            }
+            fid::stats_of_features(&all.to_device(Device::Cpu))?
+        }
+    };
     let rep = fid::frechet_distance_report(&s, &r)?;
     for w in &rep.warnings {
         eprintln!("msdiff: warning: {w}");
