@@ -22,13 +22,18 @@ pub fn pad_images(x: &Tensor, pad: usize) -> Tensor {
     (x + 1.0).constant_pad_nd([p, p, p, p]) - 1.0
 }
 
-/// A PNG of the first (up to) 16 images of `x` above their reconstructions.
+/// A PNG of the first (up to) 16 images of `x` above their reconstructions; images smaller than
+/// 96 pixels are enlarged (nearest neighbour, an integer factor) so that they can be seen.
 pub fn comparison_picture(model: &AutoencoderModel, x: &Tensor, path: &std::path::Path) -> Result<()> {
     let k = x.size()[0].min(16);
     let xs = x.narrow(0, 0, k);
     let _g = tch::no_grad_guard();
     let y = reconstruct(model, &xs, 16, |_| {})?;
-    crate::io::write_grid(path, &Tensor::cat(&[xs.clamp(-1.0, 1.0), y], 0), k as usize, 2)
+    let both = Tensor::cat(&[xs.clamp(-1.0, 1.0), y], 0);
+    let s = both.size();
+    let f = (96 / s[2].max(s[3])).max(1);
+    let both = if f > 1 { both.upsample_nearest2d([s[2] * f, s[3] * f], f as f64, f as f64) } else { both };
+    crate::io::write_grid(path, &both, k as usize, 2)
 }
 
 /// `decode(encode(x))` clamped to [-1, 1], `batch` images at a time (CPU f32 out).
@@ -39,6 +44,7 @@ pub fn reconstruct(
     mut progress: impl FnMut(usize),
 ) -> Result<Tensor> {
     let n = x.size()[0];
+    ensure!(n > 0, "no images to reconstruct");
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {

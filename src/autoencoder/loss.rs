@@ -6,7 +6,8 @@
 //! LDM's KL loss sums over pixels and latents per image; msdiff divides that whole objective by
 //! the pixels per image `D = C H W`, so `kl_weight` means what it means in LDM's configs:
 //! `kl = kl_weight * mean_b(KL_b) / D`. VQ: `codebook_weight * (codebook + beta * commitment)`
-//! (`legacy_vq_loss`: `commitment + beta * codebook`, taming's default). LPIPS (the perceptual
+//! (`legacy_vq_loss`: `commitment + beta * codebook`, taming's default; optionally restarting dead
+//! codes, `restart_dead_codes`). LPIPS (the perceptual
 //! term of both official losses) needs pretrained VGG weights that are not available offline, and
 //! LDM's learned output log-variance is not used (it is constant 0 there at init and only rescales
 //! the reconstruction term): see docs/LATENT.md.
@@ -33,6 +34,10 @@ pub struct LossConfig {
     pub beta: f64,
     /// VQ: taming's `legacy = True` form `commitment + beta * codebook`. Default false.
     pub legacy_vq_loss: bool,
+    /// VQ: re-initialise a codebook entry that no latent of the last this many steps chose to a
+    /// random encoder output of the current batch (0 = never, taming's behaviour). Small codebooks
+    /// initialised near zero otherwise collapse onto a few entries. Default 0.
+    pub restart_dead_codes: u64,
     /// Weight of the generator's hinge loss (taming's `disc_weight`; LDM's kl-f8 0.5, vq-f4 0.75);
     /// 0 = no discriminator. Default 0.
     pub disc_weight: f64,
@@ -57,6 +62,7 @@ impl Default for LossConfig {
             codebook_weight: 1.0,
             beta: 0.25,
             legacy_vq_loss: false,
+            restart_dead_codes: 0,
             disc_weight: 0.0,
             disc_start: 0,
             disc_layers: 3,
@@ -68,7 +74,14 @@ impl Default for LossConfig {
 
 impl LossConfig {
     pub fn validate(&self) -> Result<()> {
-        for (k, v) in [("l1", self.l1), ("l2", self.l2), ("kl_weight", self.kl_weight), ("codebook_weight", self.codebook_weight), ("beta", self.beta), ("disc_weight", self.disc_weight)] {
+        for (k, v) in [
+            ("l1", self.l1),
+            ("l2", self.l2),
+            ("kl_weight", self.kl_weight),
+            ("codebook_weight", self.codebook_weight),
+            ("beta", self.beta),
+            ("disc_weight", self.disc_weight),
+        ] {
             ensure!(v.is_finite() && v >= 0.0, "loss.{k} must be >= 0, got {v}");
         }
         ensure!(self.l1 > 0.0 || self.l2 > 0.0, "loss.l1 or loss.l2 must be > 0 (something must reconstruct)");
@@ -153,24 +166,25 @@ impl Discriminator {
         let ndf = cfg.channels as i64;
         let mut layers = Vec::new();
         let mut index = 0usize;
-        let conv = |rng: &mut Rng, cin: i64, cout: i64, stride: i64, bias: bool, bn: bool, act: bool, index: &mut usize| {
-            let q = p / "main" / *index;
-            let weight = var_from(&q, "weight", &[cout, cin, 4, 4], rng, |r| 0.02 * r.normal());
-            let b = 1.0 / ((cin * 16) as f64).sqrt();
-            let bias = bias.then(|| var_from(&q, "bias", &[cout], rng, |r| r.uniform_range(-b, b)));
-            *index += 1;
-            let bn = bn.then(|| {
+        let conv =
+            |rng: &mut Rng, cin: i64, cout: i64, stride: i64, bias: bool, bn: bool, act: bool, index: &mut usize| {
                 let q = p / "main" / *index;
-                let w = var_from(&q, "weight", &[cout], rng, |r| 1.0 + 0.02 * r.normal());
-                let s = q.var("bias", &[cout], Init::Const(0.0));
+                let weight = var_from(&q, "weight", &[cout, cin, 4, 4], rng, |r| 0.02 * r.normal());
+                let b = 1.0 / ((cin * 16) as f64).sqrt();
+                let bias = bias.then(|| var_from(&q, "bias", &[cout], rng, |r| r.uniform_range(-b, b)));
                 *index += 1;
-                (w, s)
-            });
-            if act {
-                *index += 1;
-            }
-            DiscLayer { weight, bias, stride, bn, act }
-        };
+                let bn = bn.then(|| {
+                    let q = p / "main" / *index;
+                    let w = var_from(&q, "weight", &[cout], rng, |r| 1.0 + 0.02 * r.normal());
+                    let s = q.var("bias", &[cout], Init::Const(0.0));
+                    *index += 1;
+                    (w, s)
+                });
+                if act {
+                    *index += 1;
+                }
+                DiscLayer { weight, bias, stride, bn, act }
+            };
         layers.push(conv(rng, cfg.in_channels as i64, ndf, 2, true, false, true, &mut index));
         let mut mult = 1;
         for n in 1..cfg.layers {
@@ -213,11 +227,27 @@ mod tests {
         // code: conv 3*64*16 + 64 = 3136; conv 64*128*16 = 131072 + BN 256; conv 128*256*16 =
         // 524288 + BN 512; conv 256*512*16 = 2097152 + BN 1024; conv 512*16 + 1 = 8193: 2,765,633.
         let vs = VarStore::new(Device::Cpu);
-        let d = Discriminator::new(&vs.root(), DiscriminatorConfig { in_channels: 3, channels: 64, layers: 3 }, &mut Rng::new(0));
+        let d = Discriminator::new(
+            &vs.root(),
+            DiscriminatorConfig { in_channels: 3, channels: 64, layers: 3 },
+            &mut Rng::new(0),
+        );
         let n: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
         assert_eq!(n, 2_765_633);
-        let names: Vec<String> = { let mut v: Vec<String> = vs.variables().into_keys().collect(); v.sort(); v };
-        for want in ["main.0.bias", "main.0.weight", "main.2.weight", "main.3.weight", "main.3.bias", "main.11.weight", "main.11.bias"] {
+        let names: Vec<String> = {
+            let mut v: Vec<String> = vs.variables().into_keys().collect();
+            v.sort();
+            v
+        };
+        for want in [
+            "main.0.bias",
+            "main.0.weight",
+            "main.2.weight",
+            "main.3.weight",
+            "main.3.bias",
+            "main.11.weight",
+            "main.11.bias",
+        ] {
             assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n == "main.2.bias"), "a conv before BatchNorm has no bias");

@@ -60,7 +60,13 @@ impl AutoencoderModel {
     pub fn new(cfg: &AutoencoderConfig, seed: u64, device: Device, source: impl Into<String>) -> Result<Self> {
         let vs = VarStore::new(device);
         let net = Autoencoder::new(&vs.root(), cfg, seed)?;
-        let manifest = Manifest { format: FORMAT.into(), config: cfg.clone(), scaling_factor: None, shift_factor: None, source: source.into() };
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            config: cfg.clone(),
+            scaling_factor: None,
+            shift_factor: None,
+            source: source.into(),
+        };
         Ok(AutoencoderModel { vs, net, manifest })
     }
 
@@ -124,17 +130,26 @@ impl AutoencoderModel {
     fn load_folder(dir: &Path, device: Device) -> Result<Self> {
         let mpath = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is corrupt or not an msdiff autoencoder manifest: {e}", mpath.display()))?;
-        ensure!(manifest.format == FORMAT, "{}: unsupported autoencoder format '{}' (expected {FORMAT})", mpath.display(), manifest.format);
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{} is corrupt or not an msdiff autoencoder manifest: {e}", mpath.display())
+        })?;
+        ensure!(
+            manifest.format == FORMAT,
+            "{}: unsupported autoencoder format '{}' (expected {FORMAT})",
+            mpath.display(),
+            manifest.format
+        );
         manifest.config.validate().with_context(|| format!("{} holds an invalid configuration", mpath.display()))?;
         let wpath = dir.join(WEIGHTS);
         ensure!(wpath.is_file(), "autoencoder {} has no {WEIGHTS}", dir.display());
-        let named = Tensor::read_safetensors(&wpath).map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", wpath.display()))?;
+        let named = Tensor::read_safetensors(&wpath)
+            .map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", wpath.display()))?;
         for (n, t) in &named {
             ensure!(t.kind() == Kind::Float, "{}: tensor '{n}' is {:?}, expected f32", wpath.display(), t.kind());
         }
         let mut m = Self::new(&manifest.config, 0, device, manifest.source.clone())?;
-        m.set_weights(&named, "weights").with_context(|| format!("{} does not match its {MANIFEST}", wpath.display()))?;
+        m.set_weights(&named, "weights")
+            .with_context(|| format!("{} does not match its {MANIFEST}", wpath.display()))?;
         m.manifest = manifest;
         Ok(m)
     }
@@ -149,14 +164,25 @@ impl AutoencoderModel {
     /// `[N, E, H/f, W/f]` f32 on the CPU. KL: the mean or a sample (`seeds[i]` seeds image `i`'s
     /// noise, so a sample does not depend on the batch size); VQ: the pre-quantisation latent, or
     /// the snapped one with `quantize`. `progress(done)` after each batch.
-    pub fn encode(&self, x: &Tensor, mode: EncodeMode, quantize: bool, seeds: &[u64], batch: usize, mut progress: impl FnMut(usize)) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        x: &Tensor,
+        mode: EncodeMode,
+        quantize: bool,
+        seeds: &[u64],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Tensor> {
         self.net.check_images(x)?;
         ensure!(batch > 0, "the batch size must be > 0");
         let n = x.size()[0];
+        ensure!(n > 0, "no images to encode");
         ensure!(seeds.len() as i64 == n || mode == EncodeMode::Mean, "{} seeds for {n} images", seeds.len());
         match self.config().bottleneck {
             Bottleneck::Kl => ensure!(!quantize, "--quantize is for VQ autoencoders; this one is KL"),
-            Bottleneck::Vq => ensure!(mode == EncodeMode::Mean, "--mode sample is for KL autoencoders; a VQ encoder is deterministic"),
+            Bottleneck::Vq => {
+                ensure!(mode == EncodeMode::Mean, "--mode sample is for KL autoencoders; a VQ encoder is deterministic")
+            }
         }
         let _g = tch::no_grad_guard();
         let mut out = Vec::new();
@@ -194,11 +220,14 @@ impl AutoencoderModel {
         self.net.check_latents(z)?;
         let _g = tch::no_grad_guard();
         let n = z.size()[0];
+        ensure!(n > 0, "no latents");
         let mut out = Vec::new();
         let mut start = 0;
         while start < n {
             let len = (batch.max(1) as i64).min(n - start);
-            out.push(q.codes(&z.narrow(0, start, len).to_device(self.device()).to_kind(Kind::Float))?.to_device(Device::Cpu));
+            out.push(
+                q.codes(&z.narrow(0, start, len).to_device(self.device()).to_kind(Kind::Float))?.to_device(Device::Cpu),
+            );
             start += len;
         }
         Ok(Tensor::cat(&out, 0))
@@ -207,7 +236,13 @@ impl AutoencoderModel {
     /// Decode latents `[N, E, h, w]` `batch` at a time -> images `[N, C, h f, w f]` f32 on the CPU
     /// (not clamped). A VQ autoencoder snaps the latents to its codebook first unless
     /// `no_quantize` (as LDM decodes when sampling).
-    pub fn decode(&self, z: &Tensor, no_quantize: bool, batch: usize, mut progress: impl FnMut(usize)) -> Result<Tensor> {
+    pub fn decode(
+        &self,
+        z: &Tensor,
+        no_quantize: bool,
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Tensor> {
         self.net.check_latents(z)?;
         ensure!(batch > 0, "the batch size must be > 0");
         ensure!(matches!(z.kind(), Kind::Float | Kind::Double), "latents must be float, got {:?}", z.kind());
@@ -216,12 +251,17 @@ impl AutoencoderModel {
         }
         let _g = tch::no_grad_guard();
         let n = z.size()[0];
+        ensure!(n > 0, "no latents to decode");
         let mut out = Vec::new();
         let mut start = 0;
         while start < n {
             let len = (batch as i64).min(n - start);
             let zb = crate::runtime::batch_to_device(&z.narrow(0, start, len), self.device());
-            let zb = if self.config().bottleneck == Bottleneck::Vq && !no_quantize { self.net.quantize(&zb)?.z_q } else { zb };
+            let zb = if self.config().bottleneck == Bottleneck::Vq && !no_quantize {
+                self.net.quantize(&zb)?.z_q
+            } else {
+                zb
+            };
             out.push(self.net.decode(&zb)?.to_device(Device::Cpu));
             start += len;
             progress(start as usize);
@@ -259,8 +299,10 @@ pub fn fingerprint(named: &[(String, Tensor)]) -> String {
 
 /// Write an autoencoder folder (manifest + weights) atomically.
 pub fn write_folder(dir: &Path, manifest: &Manifest, named: &[(String, Tensor)]) -> Result<()> {
-    let name = dir.file_name().ok_or_else(|| anyhow::anyhow!("cannot write autoencoder {}: no folder name", dir.display()))?;
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let name =
+        dir.file_name().ok_or_else(|| anyhow::anyhow!("cannot write autoencoder {}: no folder name", dir.display()))?;
+    let parent =
+        dir.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     crate::io::ensure_dir(&parent)?;
     if dir.exists() && !dir.join(MANIFEST).is_file() {
         bail!("{} exists and is not an autoencoder folder: give a new --out path (nothing was written)", dir.display());
@@ -269,7 +311,10 @@ pub fn write_folder(dir: &Path, manifest: &Manifest, named: &[(String, Tensor)])
     let _ = std::fs::remove_dir_all(&partial);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&partial)?;
-        let cpu: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous())).collect();
+        let cpu: Vec<(String, Tensor)> = named
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous()))
+            .collect();
         let wpath = partial.join(WEIGHTS);
         Tensor::write_safetensors(&cpu, &wpath).map_err(|e| anyhow::anyhow!("{e}"))?;
         std::fs::File::open(&wpath)?.sync_all()?;

@@ -86,7 +86,16 @@ pub struct AeOptimConfig {
 
 impl Default for AeOptimConfig {
     fn default() -> Self {
-        AeOptimConfig { optimizer: OptimizerKind::Adam, lr: 1e-4, beta1: 0.5, beta2: 0.9, eps: 1e-8, weight_decay: 0.0, warmup_steps: 0, grad_clip: 0.0 }
+        AeOptimConfig {
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-4,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            grad_clip: 0.0,
+        }
     }
 }
 
@@ -153,7 +162,16 @@ pub struct AeLoopConfig {
 
 impl Default for AeLoopConfig {
     fn default() -> Self {
-        AeLoopConfig { batch: 32, steps: 2000, seed: 0, checkpoint_every: 500, keep_last: 3, log_every: 10, eval_every: 0, rfid_images: 0 }
+        AeLoopConfig {
+            batch: 32,
+            steps: 2000,
+            seed: 0,
+            checkpoint_every: 500,
+            keep_last: 3,
+            log_every: 10,
+            eval_every: 0,
+            rfid_images: 0,
+        }
     }
 }
 
@@ -193,7 +211,8 @@ impl AeTrainConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -212,20 +231,36 @@ impl AeTrainConfig {
         for (k, v) in t {
             merged.insert(k, v);
         }
-        let mut model: AutoencoderConfig =
-            toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [model] section: {}", e.message().trim()))?;
+        let mut model: AutoencoderConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [model] section: {}", e.message().trim()))?;
         let c = image_shape[0] as usize;
         if explicit_in {
-            ensure!(model.in_channels == c, "model.in_channels = {} but the images have {c} channel(s)", model.in_channels);
+            ensure!(
+                model.in_channels == c,
+                "model.in_channels = {} but the images have {c} channel(s)",
+                model.in_channels
+            );
         }
         if explicit_out {
-            ensure!(model.out_channels == c, "model.out_channels = {} but the images have {c} channel(s)", model.out_channels);
+            ensure!(
+                model.out_channels == c,
+                "model.out_channels = {} but the images have {c} channel(s)",
+                model.out_channels
+            );
         }
         model.in_channels = c;
         model.out_channels = c;
         model.validate().context("invalid [model] section")?;
         model.latent_shape(image_shape).context("the training images do not fit the autoencoder")?;
-        let r = AeResolvedConfig { data: self.data.clone(), model, loss: self.loss.clone(), optim: self.optim.clone(), ema: self.ema.clone(), train: self.train.clone() };
+        let r = AeResolvedConfig {
+            data: self.data.clone(),
+            model,
+            loss: self.loss.clone(),
+            optim: self.optim.clone(),
+            ema: self.ema.clone(),
+            train: self.train.clone(),
+        };
         r.validate()?;
         Ok(r)
     }
@@ -239,7 +274,10 @@ impl AeResolvedConfig {
         ensure!((0.0..1.0).contains(&self.ema.decay), "ema.decay must be in [0, 1), got {}", self.ema.decay);
         let t = &self.train;
         ensure!(t.batch > 0 && t.steps > 0, "train.batch and train.steps must be > 0");
-        ensure!(t.checkpoint_every > 0 && t.keep_last > 0 && t.log_every > 0, "train.checkpoint_every, keep_last and log_every must be > 0");
+        ensure!(
+            t.checkpoint_every > 0 && t.keep_last > 0 && t.log_every > 0,
+            "train.checkpoint_every, keep_last and log_every must be > 0"
+        );
         ensure!(self.data.eval_images > 0, "data.eval_images must be > 0");
         ensure!(t.rfid_images != 1, "train.rfid_images must be 0 (none) or >= 2");
         ensure!(self.data.pad <= 4096, "data.pad {} is too large", self.data.pad);
@@ -256,7 +294,9 @@ pub fn load_data(d: &AeDataConfig) -> Result<(Dataset, Dataset)> {
     let opts = crate::data::LoadOptions { limit: (d.limit > 0).then_some(d.limit), ..Default::default() };
     let mut train = crate::data::load(&d.spec, &opts)?;
     let mut eval = match &d.eval_spec {
-        Some(s) => crate::data::load(s, &crate::data::LoadOptions { limit: Some(d.eval_images), ..Default::default() })?,
+        Some(s) => {
+            crate::data::load(s, &crate::data::LoadOptions { limit: Some(d.eval_images), ..Default::default() })?
+        }
         None => train.take(d.eval_images),
     };
     if d.pad > 0 {
@@ -291,6 +331,8 @@ pub struct AeTrainState {
     ema_params: Vec<(String, Tensor)>,
     pub adam: Adam,
     disc: Option<Disc>,
+    /// VQ with `loss.restart_dead_codes`: steps since each codebook entry was last chosen `[n_embed]`.
+    idle: Option<Tensor>,
     /// Steps completed.
     pub step: u64,
 }
@@ -310,6 +352,8 @@ pub struct AeStepStats {
     pub commitment: f64,
     /// VQ: distinct codes used in the batch.
     pub codes_used: usize,
+    /// VQ: codebook entries restarted after this step.
+    pub codes_restarted: usize,
     /// Generator hinge loss -mean(D(x^)) (0 while the discriminator is off).
     pub g_loss: f64,
     /// The weight the generator loss got (adaptive x disc_weight).
@@ -333,7 +377,11 @@ impl AeTrainState {
         let adam = Adam::new(cfg.optim.optim(), &params);
         let disc = if cfg.loss.has_disc() {
             let vs = VarStore::new(device);
-            let dc = DiscriminatorConfig { in_channels: cfg.model.in_channels, channels: cfg.loss.disc_channels, layers: cfg.loss.disc_layers };
+            let dc = DiscriminatorConfig {
+                in_channels: cfg.model.in_channels,
+                channels: cfg.loss.disc_channels,
+                layers: cfg.loss.disc_layers,
+            };
             let net = Discriminator::new(&vs.root(), dc, &mut Rng::stream(seed ^ DISC_INIT, 0));
             let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
             params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -342,19 +390,31 @@ impl AeTrainState {
         } else {
             None
         };
-        Ok(AeTrainState { model, ema, params, ema_params, adam, disc, step: 0 })
+        let idle = (cfg.model.bottleneck == Bottleneck::Vq && cfg.loss.restart_dead_codes > 0)
+            .then(|| Tensor::zeros([cfg.model.n_embed as i64], (Kind::Float, device)));
+        Ok(AeTrainState { model, ema, params, ema_params, adam, disc, idle, step: 0 })
     }
 
     /// One step on images `x` `[B, C, H, W]` (on the model's device); `noise` is the KL sample's
-    /// standard normal `[B, E, h, w]` (ignored by VQ).
-    pub fn step(&mut self, cfg: &AeResolvedConfig, x: &Tensor, noise: &Tensor, lr: f64) -> Result<AeStepStats> {
+    /// standard normal `[B, E, h, w]` (ignored by VQ); `rng` (the step's stream) picks the encoder
+    /// outputs that restarted codebook entries take.
+    pub fn step(
+        &mut self,
+        cfg: &AeResolvedConfig,
+        x: &Tensor,
+        noise: &Tensor,
+        lr: f64,
+        rng: &mut Rng,
+    ) -> Result<AeStepStats> {
         let s = self.step + 1;
         let lc = &cfg.loss;
         let net = &self.model.net;
         let m = net.moments(x)?;
         let mut st = AeStepStats::default();
+        let vq_codes: Option<Tensor>;
         let (z, reg) = match cfg.model.bottleneck {
             Bottleneck::Kl => {
+                vq_codes = None;
                 let g = Gaussian::new(&m);
                 let kl = g.kl().mean(Kind::Float);
                 st.kl_or_codebook = kl.double_value(&[]);
@@ -365,8 +425,16 @@ impl AeTrainState {
                 let q = net.quantize(&m)?;
                 st.kl_or_codebook = q.codebook_loss.double_value(&[]);
                 st.commitment = q.commitment_loss.double_value(&[]);
-                st.codes_used = Vec::<i64>::try_from(q.codes.reshape([-1]).to_device(Device::Cpu))?.into_iter().collect::<std::collections::BTreeSet<i64>>().len();
-                let reg = if lc.legacy_vq_loss { &q.commitment_loss + &q.codebook_loss * lc.beta } else { &q.codebook_loss + &q.commitment_loss * lc.beta };
+                st.codes_used = Vec::<i64>::try_from(q.codes.reshape([-1]).to_device(Device::Cpu))?
+                    .into_iter()
+                    .collect::<std::collections::BTreeSet<i64>>()
+                    .len();
+                let reg = if lc.legacy_vq_loss {
+                    &q.commitment_loss + &q.codebook_loss * lc.beta
+                } else {
+                    &q.codebook_loss + &q.commitment_loss * lc.beta
+                };
+                vq_codes = Some(q.codes.shallow_clone());
                 (q.z_q, reg * lc.codebook_weight)
             }
         };
@@ -379,7 +447,11 @@ impl AeTrainState {
         if disc_on {
             let d = self.disc.as_ref().expect("a discriminator exists when it is on");
             let g_loss = -d.net.forward(&y).mean(Kind::Float);
-            let w = if lc.adaptive_weight { adaptive_weight(&rec, &g_loss, net.decoder.last_layer())? * lc.disc_weight } else { lc.disc_weight };
+            let w = if lc.adaptive_weight {
+                adaptive_weight(&rec, &g_loss, net.decoder.last_layer())? * lc.disc_weight
+            } else {
+                lc.disc_weight
+            };
             st.g_loss = g_loss.double_value(&[]);
             st.d_weight = w;
             loss = loss + g_loss * w;
@@ -393,6 +465,9 @@ impl AeTrainState {
         let info = self.adam.step(&self.params, &grads, lr).with_context(|| format!("at step {s}"))?;
         drop(grads);
         st.grad_norm = info.grad_norm;
+        if let (Some(idle), Some(codes)) = (&mut self.idle, &vq_codes) {
+            st.codes_restarted = restart_dead_codes(&self.model, idle, codes, &m, lc.restart_dead_codes, rng)?;
+        }
         ema::update(&self.ema_params, &self.params, cfg.ema.decay);
         if disc_on {
             let d = self.disc.as_mut().expect("a discriminator exists when it is on");
@@ -431,6 +506,9 @@ impl AeTrainState {
             push("disc_adam_v", &da.v);
             disc_adam_steps = da.steps;
         }
+        if let Some(idle) = &self.idle {
+            push("vq_idle", &[("steps".to_string(), idle.shallow_clone())]);
+        }
         let state = AeCheckpointState {
             format: CHECKPOINT_FORMAT.into(),
             step: self.step,
@@ -444,7 +522,9 @@ impl AeTrainState {
 
     /// Continue from a checkpoint's tensors and state.
     pub fn restore(&mut self, state: &AeCheckpointState, t: &BTreeMap<String, Vec<(String, Tensor)>>) -> Result<()> {
-        let group = |g: &str| -> Vec<(String, Tensor)> { t.get(g).map(|v| v.iter().map(|(n, x)| (n.clone(), x.shallow_clone())).collect()).unwrap_or_default() };
+        let group = |g: &str| -> Vec<(String, Tensor)> {
+            t.get(g).map(|v| v.iter().map(|(n, x)| (n.clone(), x.shallow_clone())).collect()).unwrap_or_default()
+        };
         crate::model::copy_into(&self.params, &group("model"), "weights")?;
         crate::model::copy_into(&self.ema_params, &group("ema"), "EMA weights")?;
         self.adam.import(&group("adam_m"), &group("adam_v"), &state.adam_steps)?;
@@ -453,7 +533,17 @@ impl AeTrainState {
                 crate::model::copy_into(&d.params, &group("disc"), "discriminator weights")?;
                 d.adam.import(&group("disc_adam_m"), &group("disc_adam_v"), &state.disc_adam_steps)?;
             }
-            None => ensure!(!t.contains_key("disc"), "the checkpoint has a discriminator but the configuration has none"),
+            None => {
+                ensure!(!t.contains_key("disc"), "the checkpoint has a discriminator but the configuration has none")
+            }
+        }
+        if let Some(idle) = &mut self.idle {
+            let saved = group("vq_idle");
+            ensure!(
+                saved.len() == 1 && saved[0].1.size() == idle.size(),
+                "the checkpoint lacks the codebook's idle counts (vq_idle) that loss.restart_dead_codes needs"
+            );
+            tch::no_grad(|| idle.copy_(&saved[0].1));
         }
         self.step = state.step;
         Ok(())
@@ -472,8 +562,43 @@ impl AeTrainState {
                 v.extend(g.iter().map(|(n, t)| (format!("{p}.{n}"), t.shallow_clone())));
             }
         }
+        if let Some(idle) = &self.idle {
+            v.push(("vq_idle.steps".into(), idle.shallow_clone()));
+        }
         v
     }
+}
+
+/// Count idle steps per codebook entry (0 for the entries `codes` used) and re-initialise every
+/// entry idle for `after` steps to an encoder output of this batch (`latents` `[B, E, h, w]`,
+/// rows picked by `rng`), resetting its count. Returns how many were restarted.
+fn restart_dead_codes(
+    model: &AutoencoderModel,
+    idle: &mut Tensor,
+    codes: &Tensor,
+    latents: &Tensor,
+    after: u64,
+    rng: &mut Rng,
+) -> Result<usize> {
+    let _g = tch::no_grad_guard();
+    let n = idle.size()[0];
+    let used = codes.reshape([-1]).bincount(None::<&Tensor>, n).gt(0);
+    let _ = idle.g_add_scalar_(1.0);
+    let _ = idle.masked_fill_(&used, 0.0);
+    let dead = Vec::<i64>::try_from(idle.ge(after as f64).nonzero().reshape([-1]).to_device(Device::Cpu))?;
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    let e = latents.size()[1];
+    let flat = latents.detach().permute([0, 2, 3, 1]).reshape([-1, e]);
+    let rows: Vec<i64> = dead.iter().map(|_| rng.below(flat.size()[0] as u64) as i64).collect();
+    let device = idle.device();
+    let dead_t = Tensor::from_slice(&dead).to_device(device);
+    let picked = flat.index_select(0, &Tensor::from_slice(&rows).to_device(device));
+    let book = model.net.quantizer().expect("restarts are for VQ").embedding.shallow_clone();
+    let _ = book.shallow_clone().index_copy_(0, &dead_t, &picked);
+    let _ = idle.index_fill_(0, &dead_t, 0.0);
+    Ok(dead.len())
 }
 
 /// `state.json` of an autoencoder checkpoint.
@@ -488,14 +613,20 @@ pub struct AeCheckpointState {
     pub rng: RngState,
 }
 
-fn save_checkpoint(dir: &Path, state: &AeCheckpointState, named: &[(String, Tensor)], keep_last: usize) -> Result<PathBuf> {
+fn save_checkpoint(
+    dir: &Path,
+    state: &AeCheckpointState,
+    named: &[(String, Tensor)],
+    keep_last: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint folder {}", dir.display()))?;
     let final_dir = dir.join(ckpt::step_dir_name(state.step));
     let partial = dir.join(format!(".{}.partial-{}", ckpt::step_dir_name(state.step), std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&partial)?;
-        let cpu: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+        let cpu: Vec<(String, Tensor)> =
+            named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
         let wpath = partial.join(ckpt::WEIGHTS);
         Tensor::write_safetensors(&cpu, &wpath).map_err(|e| anyhow::anyhow!("{e}"))?;
         std::fs::File::open(&wpath)?.sync_all()?;
@@ -511,7 +642,10 @@ fn save_checkpoint(dir: &Path, state: &AeCheckpointState, named: &[(String, Tens
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&partial);
-        return Err(e.context(format!("cannot save checkpoint {} (disk full?); earlier checkpoints are intact", final_dir.display())));
+        return Err(e.context(format!(
+            "cannot save checkpoint {} (disk full?); earlier checkpoints are intact",
+            final_dir.display()
+        )));
     }
     let all = ckpt::list(dir)?;
     if all.len() > keep_last {
@@ -547,30 +681,39 @@ pub fn is_run_or_checkpoint(path: &Path) -> bool {
 pub fn load_checkpoint(path: &Path) -> Result<(AeCheckpointState, BTreeMap<String, Vec<(String, Tensor)>>)> {
     let dir = resolve_checkpoint(path).ok_or_else(|| {
         if path.exists() {
-            anyhow::anyhow!("{} holds no autoencoder checkpoint (expected a step-N folder with {} and {}, or a run folder)", path.display(), ckpt::STATE, ckpt::WEIGHTS)
+            anyhow::anyhow!(
+                "{} holds no autoencoder checkpoint (expected a step-N folder with {} and {}, or a run folder)",
+                path.display(),
+                ckpt::STATE,
+                ckpt::WEIGHTS
+            )
         } else {
             anyhow::anyhow!("checkpoint {} does not exist", path.display())
         }
     })?;
     let spath = dir.join(ckpt::STATE);
     let text = std::fs::read_to_string(&spath).with_context(|| format!("cannot read {}", spath.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", spath.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", spath.display()))?;
     ensure!(
         v["format"] == CHECKPOINT_FORMAT,
         "{}: format {} is not an autoencoder checkpoint ({CHECKPOINT_FORMAT}); a diffusion run resumes with `msdiff train --resume`",
         spath.display(),
         v["format"]
     );
-    let state: AeCheckpointState = serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", spath.display()))?;
+    let state: AeCheckpointState =
+        serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", spath.display()))?;
     state.config.validate().with_context(|| format!("{} holds an invalid configuration", spath.display()))?;
     let wpath = dir.join(ckpt::WEIGHTS);
-    let named = Tensor::read_safetensors(&wpath).map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", wpath.display()))?;
+    let named = Tensor::read_safetensors(&wpath)
+        .map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", wpath.display()))?;
     let mut groups: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
     for (name, t) in named {
         ensure!(t.kind() == Kind::Float, "{}: tensor '{name}' is {:?}, expected f32", wpath.display(), t.kind());
-        let (g, rest) = name.split_once('.').ok_or_else(|| anyhow::anyhow!("{}: unexpected tensor '{name}'", wpath.display()))?;
+        let (g, rest) =
+            name.split_once('.').ok_or_else(|| anyhow::anyhow!("{}: unexpected tensor '{name}'", wpath.display()))?;
         ensure!(
-            ["model", "ema", "adam_m", "adam_v", "disc", "disc_adam_m", "disc_adam_v"].contains(&g),
+            ["model", "ema", "adam_m", "adam_v", "disc", "disc_adam_m", "disc_adam_v", "vq_idle"].contains(&g),
             "{}: unexpected tensor '{name}'",
             wpath.display()
         );
@@ -592,7 +735,12 @@ pub fn load_ema(path: &Path, device: Device) -> Result<AutoencoderModel> {
         config: state.config.model.clone(),
         scaling_factor: None,
         shift_factor: None,
-        source: format!("msdiff autoencoder train: {} step {} (EMA, decay {})", path.display(), state.step, state.config.ema.decay),
+        source: format!(
+            "msdiff autoencoder train: {} step {} (EMA, decay {})",
+            path.display(),
+            state.step,
+            state.config.ema.decay
+        ),
     };
     Ok(m)
 }
@@ -650,6 +798,7 @@ struct Window {
     n: usize,
     sum: AeStepStats,
     codes: usize,
+    restarted: usize,
 }
 
 impl Window {
@@ -668,11 +817,17 @@ impl Window {
         a.logits_fake += s.logits_fake;
         a.grad_norm = s.grad_norm;
         self.codes = s.codes_used;
+        self.restarted += s.codes_restarted;
     }
 }
 
 /// Run (or resume) training on `data`, evaluating on `eval_data`.
-pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: &AeTrainOptions) -> Result<AeTrainOutcome> {
+pub fn train(
+    cfg: &AeResolvedConfig,
+    data: &Dataset,
+    eval_data: &Dataset,
+    opts: &AeTrainOptions,
+) -> Result<AeTrainOutcome> {
     let [c, h, w] = data.image_shape();
     let [e, lh, lw] = cfg.model.latent_shape([c, h, w])?;
     let t = &cfg.train;
@@ -681,7 +836,9 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
     let fid_weights = if t.rfid_images > 0 {
         Some(match &opts.fid_weights {
             Some(p) => p.clone(),
-            None => crate::fid::inception::default_weights().context("train.rfid_images needs the FID Inception weights")?,
+            None => {
+                crate::fid::inception::default_weights().context("train.rfid_images needs the FID Inception weights")?
+            }
         })
     } else {
         None
@@ -698,7 +855,11 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
     let start = state.step;
     let ckpt_dir = opts.run_dir.join("checkpoints");
     let metrics = opts.run_dir.join("metrics.jsonl");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&metrics).with_context(|| format!("cannot open {}", metrics.display()))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics)
+        .with_context(|| format!("cannot open {}", metrics.display()))?;
     let bar = crate::runtime::progress_bar(t.steps, "autoencoder", !opts.progress);
     bar.set_position(start);
     let mut order = BatchOrder::new(data.len(), t.seed);
@@ -709,7 +870,9 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
     let mut interrupted = false;
     let eval_x = eval_data.images.narrow(0, 0, (cfg.data.eval_images as i64).min(eval_data.len() as i64));
     while state.step < t.steps {
-        if crate::train::trainer::INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| state.step - start >= n) {
+        if crate::train::trainer::INTERRUPTED.load(Ordering::SeqCst)
+            || opts.stop_after.is_some_and(|n| state.step - start >= n)
+        {
             interrupted = true;
             break;
         }
@@ -725,10 +888,12 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
         let noise = crate::runtime::batch_to_device(&rng.randn(&[t.batch as i64, e, lh, lw], Kind::Float), device);
         let x = crate::runtime::batch_to_device(&x, device);
         let lr = cfg.optim.lr_at(s);
-        let st = state.step(cfg, &x, &noise, lr)?;
+        let st = state.step(cfg, &x, &noise, lr, &mut rng)?;
         if !st.loss.is_finite() {
             bar.abandon();
-            let hint = last_ckpt.as_ref().map_or("no checkpoint was written yet".into(), |p| format!("the last good checkpoint is {}", p.display()));
+            let hint = last_ckpt.as_ref().map_or("no checkpoint was written yet".into(), |p| {
+                format!("the last good checkpoint is {}", p.display())
+            });
             bail!("the loss became {} at step {s}; training stopped ({hint}); try a lower optim.lr or set optim.grad_clip", st.loss);
         }
         window.add(&st);
@@ -739,7 +904,7 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
             let line = serde_json::json!({
                 "step": s, "loss": a.loss / n, "rec": a.rec / n, "l1": a.l1 / n,
                 match cfg.model.bottleneck { Bottleneck::Kl => "kl", Bottleneck::Vq => "codebook" }: a.kl_or_codebook / n,
-                "commitment": a.commitment / n, "codes_used": window.codes,
+                "commitment": a.commitment / n, "codes_used": window.codes, "codes_restarted": window.restarted,
                 "g_loss": a.g_loss / n, "d_weight": a.d_weight / n, "d_loss": a.d_loss / n,
                 "logits_real": a.logits_real / n, "logits_fake": a.logits_fake / n,
                 "grad_norm": a.grad_norm, "lr": lr, "images_per_s": (window.n * t.batch) as f64 / secs,
@@ -753,8 +918,12 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
         bar.set_position(s);
         if t.eval_every > 0 && s % t.eval_every == 0 && s != t.steps {
             let r = tch::no_grad(|| eval::evaluate(&state.ema, &eval_x, 64, None, |_| {}))?;
-            writeln!(log, "{}", serde_json::json!({"step": s, "eval": r, "weights": "ema"})).context("cannot write metrics.jsonl")?;
-            bar.println(format!("step {s}: EMA reconstructions of {} evaluation images: PSNR {:.2} dB, L1 {:.4}", r.images, r.psnr, r.l1));
+            writeln!(log, "{}", serde_json::json!({"step": s, "eval": r, "weights": "ema"}))
+                .context("cannot write metrics.jsonl")?;
+            bar.println(format!(
+                "step {s}: EMA reconstructions of {} evaluation images: PSNR {:.2} dB, L1 {:.4}",
+                r.images, r.psnr, r.l1
+            ));
         }
         if s % t.checkpoint_every == 0 && s != t.steps {
             last_ckpt = Some(state.save(&ckpt_dir, cfg)?);
@@ -765,7 +934,12 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
     let (mut report, mut autoencoder) = (None, None);
     if !interrupted {
         let mut m = load_ema(&checkpoint, Device::Cpu)?;
-        m.manifest.source = format!("msdiff autoencoder train: {} step {} (EMA, decay {})", opts.run_dir.display(), state.step, cfg.ema.decay);
+        m.manifest.source = format!(
+            "msdiff autoencoder train: {} step {} (EMA, decay {})",
+            opts.run_dir.display(),
+            state.step,
+            cfg.ema.decay
+        );
         let out = opts.run_dir.join("autoencoder");
         m.save(&out)?;
         let fid = match &fid_weights {
@@ -790,13 +964,25 @@ pub fn train(cfg: &AeResolvedConfig, data: &Dataset, eval_data: &Dataset, opts: 
             "eval_data": cfg.data.eval_spec.clone().unwrap_or_else(|| format!("the first {} training images", cfg.data.eval_images)),
             "seconds": began.elapsed().as_secs_f64(),
         });
-        writeln!(log, "{}", serde_json::json!({"step": state.step, "final": summary})).context("cannot write metrics.jsonl")?;
-        crate::io::write_atomic_bytes(&opts.run_dir.join("eval.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        writeln!(log, "{}", serde_json::json!({"step": state.step, "final": summary}))
+            .context("cannot write metrics.jsonl")?;
+        crate::io::write_atomic_bytes(
+            &opts.run_dir.join("eval.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
         eval::comparison_picture(&state.ema, &eval_x, &opts.run_dir.join("reconstructions.png"))?;
         report = Some(ReconReport { rfid: rfid.map(|(f, _)| f), ..r });
         autoencoder = Some(out);
     }
-    Ok(AeTrainOutcome { step: state.step, checkpoint, interrupted, seconds: began.elapsed().as_secs_f64(), eval: report, autoencoder, state })
+    Ok(AeTrainOutcome {
+        step: state.step,
+        checkpoint,
+        interrupted,
+        seconds: began.elapsed().as_secs_f64(),
+        eval: report,
+        autoencoder,
+        state,
+    })
 }
 
 #[cfg(test)]
@@ -812,7 +998,11 @@ mod tests {
         assert!(format!("{e:#}").contains("multiples of 4"), "{e:#}");
         let e = AeTrainConfig::from_toml("[loss]\nkl = 1", "t").unwrap_err().to_string();
         assert!(e.contains("kl") && e.contains("line 2"), "{e}");
-        let e = AeTrainConfig::from_toml("[model]\nin_channels = 3", "t").unwrap().resolve([1, 32, 32]).unwrap_err().to_string();
+        let e = AeTrainConfig::from_toml("[model]\nin_channels = 3", "t")
+            .unwrap()
+            .resolve([1, 32, 32])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("in_channels = 3"), "{e}");
         let back: AeResolvedConfig = toml::from_str(&r.to_toml()).unwrap();
         assert_eq!(back, r, "the saved config.toml reads back as the same configuration");

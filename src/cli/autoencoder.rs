@@ -258,7 +258,11 @@ fn train(g: &Global, a: TrainArgs) -> Result<i32> {
     };
     let resumed_dir = a.resume.as_ref().map(|r| {
         // <run>/checkpoints/step-N -> <run>; a run folder is itself.
-        if r.join("state.json").is_file() { r.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf() } else { r.clone() }
+        if r.join("state.json").is_file() {
+            r.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            r.clone()
+        }
     });
     let (mut cfg, run_dir) = match (&a.config, &resumed) {
         (Some(p), _) => {
@@ -269,11 +273,15 @@ fn train(g: &Global, a: TrainArgs) -> Result<i32> {
             let dir = resumed_dir.clone().unwrap_or_else(|| Path::new("runs").join(stem));
             (cfg, a.run.clone().unwrap_or(dir))
         }
-        (None, Some(st)) => (st.config.clone(), a.run.clone().or(resumed_dir.clone()).unwrap_or_else(|| PathBuf::from("."))),
+        (None, Some(st)) => {
+            (st.config.clone(), a.run.clone().or(resumed_dir.clone()).unwrap_or_else(|| PathBuf::from(".")))
+        }
         (None, None) => bail!("give --config FILE.toml (or --resume RUN to continue a run)"),
     };
     if a.resume.is_some() {
-        for (flag, given, kept) in [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)] {
+        for (flag, given, kept) in
+            [("--batch", a.batch.map(|b| b as u64), cfg.train.batch as u64), ("--seed", a.seed, cfg.train.seed)]
+        {
             if let Some(v) = given.filter(|v| *v != kept) {
                 bail!("{flag} {v} cannot change on resume: the run was trained with {kept}; drop {flag} (or start a new run)");
             }
@@ -305,15 +313,33 @@ fn train(g: &Global, a: TrainArgs) -> Result<i32> {
     let (data, eval_data) = tr::load_data(&cfg.data)?;
     crate::train::trainer::install_ctrlc();
     let device = g.device()?;
-    eprintln!("msdiff: training a {} autoencoder on {device:?} with {} images of {:?}; run folder {}", cfg.model.bottleneck, data.len(), data.image_shape(), run_dir.display());
+    eprintln!(
+        "msdiff: training a {} autoencoder on {device:?} with {} images of {:?}; run folder {}",
+        cfg.model.bottleneck,
+        data.len(),
+        data.image_shape(),
+        run_dir.display()
+    );
     let out = tr::train(
         &cfg,
         &data,
         &eval_data,
-        &AeTrainOptions { run_dir: run_dir.clone(), resume: a.resume.clone(), device, progress: !g.quiet, stop_after: None, fid_weights: a.fid_weights.clone() },
+        &AeTrainOptions {
+            run_dir: run_dir.clone(),
+            resume: a.resume.clone(),
+            device,
+            progress: !g.quiet,
+            stop_after: None,
+            fid_weights: a.fid_weights.clone(),
+        },
     )?;
     if out.interrupted {
-        println!("interrupted at step {}; checkpoint {}; continue with: msdiff autoencoder train --resume {}", out.step, out.checkpoint.display(), run_dir.display());
+        println!(
+            "interrupted at step {}; checkpoint {}; continue with: msdiff autoencoder train --resume {}",
+            out.step,
+            out.checkpoint.display(),
+            run_dir.display()
+        );
         return Ok(130);
     }
     let r = out.eval.as_ref();
@@ -337,7 +363,11 @@ fn is_ext(p: &Path, ext: &str) -> bool {
 fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
     ensure!(a.batch > 0, "--batch must be > 0");
     let cache = is_ext(&a.out, "safetensors");
-    ensure!(cache || is_ext(&a.out, "npy"), "--out {} must end in .npy (latent array) or .safetensors (latent cache)", a.out.display());
+    ensure!(
+        cache || is_ext(&a.out, "npy"),
+        "--out {} must end in .npy (latent array) or .safetensors (latent cache)",
+        a.out.display()
+    );
     if let Some(s) = a.scale_factor {
         ensure!(cache, "--scale-factor applies to a latent cache (--out FILE.safetensors)");
         ensure!(s.is_finite() && s > 0.0, "--scale-factor must be > 0, got {s}");
@@ -345,7 +375,11 @@ fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
     ensure!(!a.scale_by_std || cache, "--scale-by-std applies to a latent cache (--out FILE.safetensors)");
     let model = AutoencoderModel::load(&a.model, g.device()?)?;
     if let Some(c) = &a.codes {
-        ensure!(model.config().bottleneck == Bottleneck::Vq, "--codes is for VQ autoencoders; {} is KL", a.model.display());
+        ensure!(
+            model.config().bottleneck == Bottleneck::Vq,
+            "--codes is for VQ autoencoders; {} is KL",
+            a.model.display()
+        );
         ensure!(is_ext(c, "npy"), "--codes {} must end in .npy", c.display());
     }
     let (ds, spec) = a.source.load()?;
@@ -358,7 +392,18 @@ fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
             (None, true) => Scale::InverseStd,
             (None, false) => Scale::Auto,
         };
-        let c = eval::cache_latents(&model, &a.model.display().to_string(), &ds, &spec, a.mode, a.seed, a.quantize, scale, a.batch, |k| bar.set_position(k as u64))?;
+        let c = eval::cache_latents(
+            &model,
+            &a.model.display().to_string(),
+            &ds,
+            &spec,
+            a.mode,
+            a.seed,
+            a.quantize,
+            scale,
+            a.batch,
+            |k| bar.set_position(k as u64),
+        )?;
         c.save(&a.out)?;
         let i = &c.info;
         let what = format!(
@@ -382,7 +427,12 @@ fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
     if let Some(c) = &a.codes {
         crate::io::write_npy(c, &model.codes(&latents, a.batch)?)?;
     }
-    println!("encoded {n} images of {spec} into {:?} latents in {secs:.1} s ({:.1} images/s) -> {} ({what})", latents.size(), n as f64 / secs.max(1e-9), a.out.display());
+    println!(
+        "encoded {n} images of {spec} into {:?} latents in {secs:.1} s ({:.1} images/s) -> {} ({what})",
+        latents.size(),
+        n as f64 / secs.max(1e-9),
+        a.out.display()
+    );
     Ok(0)
 }
 
@@ -398,8 +448,17 @@ fn decode(g: &Global, a: DecodeArgs) -> Result<i32> {
         c.latents
     } else {
         let z = crate::io::read_npy(&a.latents)?;
-        ensure!(matches!(z.kind(), Kind::Float | Kind::Double), "{}: latents must be a float array, got {:?}", a.latents.display(), z.kind());
-        ensure!(bool::try_from(z.isfinite().all())?, "{}: the latents hold NaN or infinite values", a.latents.display());
+        ensure!(
+            matches!(z.kind(), Kind::Float | Kind::Double),
+            "{}: latents must be a float array, got {:?}",
+            a.latents.display(),
+            z.kind()
+        );
+        ensure!(
+            bool::try_from(z.isfinite().all())?,
+            "{}: the latents hold NaN or infinite values",
+            a.latents.display()
+        );
         z.to_kind(Kind::Float)
     };
     let n = z.size().first().copied().unwrap_or(0);
@@ -414,7 +473,12 @@ fn decode(g: &Global, a: DecodeArgs) -> Result<i32> {
         let k = n.min(64);
         crate::io::write_grid(p, &x.narrow(0, 0, k).clamp(-1.0, 1.0), (k as f64).sqrt().ceil() as usize, 2)?;
     }
-    println!("decoded {n} latents into {:?} images in {secs:.1} s ({:.1} images/s) -> {}", x.size(), n as f64 / secs.max(1e-9), a.out.display());
+    println!(
+        "decoded {n} latents into {:?} images in {secs:.1} s ({:.1} images/s) -> {}",
+        x.size(),
+        n as f64 / secs.max(1e-9),
+        a.out.display()
+    );
     Ok(0)
 }
 
@@ -434,14 +498,24 @@ fn evaluate(g: &Global, a: EvalArgs) -> Result<i32> {
         None
     };
     let bar = progress(ds.len() as u64, "reconstruct", g.quiet);
-    let r = eval::evaluate(&model, &ds.images, a.batch, fid_net.as_ref().map(|n| (n, a.fid_batch)), |k| bar.set_position(k as u64))?;
+    let r = eval::evaluate(&model, &ds.images, a.batch, fid_net.as_ref().map(|n| (n, a.fid_batch)), |k| {
+        bar.set_position(k as u64)
+    })?;
     bar.finish_and_clear();
     if let Some(p) = &a.picture {
         eval::comparison_picture(&model, &ds.images, p)?;
     }
     let fid = r
         .rfid
-        .map(|f| format!(", rFID {f:.2} ({}, resize {}, N = {} vs {})", crate::fid::NETWORK_NAME, crate::fid::RESIZE_NAME, r.images, r.images))
+        .map(|f| {
+            format!(
+                ", rFID {f:.2} ({}, resize {}, N = {} vs {})",
+                crate::fid::NETWORK_NAME,
+                crate::fid::RESIZE_NAME,
+                r.images,
+                r.images
+            )
+        })
         .unwrap_or_default();
     println!("{}: {} images of {spec}: PSNR {:.2} dB, L1 {:.4}{fid}", a.model.display(), r.images, r.psnr, r.l1);
     Ok(0)
@@ -459,7 +533,10 @@ fn bench(g: &Global, a: BenchArgs) -> Result<i32> {
     let c = model.config().clone();
     let [e, lh, lw] = c.latent_shape([c.in_channels as i64, h as i64, w as i64])?;
     let mut rng = crate::rng::Rng::new(0);
-    let x = rng.randn(&[a.batch as i64, c.in_channels as i64, h as i64, w as i64], Kind::Float).clamp(-1.0, 1.0).to_device(device);
+    let x = rng
+        .randn(&[a.batch as i64, c.in_channels as i64, h as i64, w as i64], Kind::Float)
+        .clamp(-1.0, 1.0)
+        .to_device(device);
     let z = rng.randn(&[a.batch as i64, e, lh, lw], Kind::Float).to_device(device);
     let sync = || {
         if let tch::Device::Cuda(i) = device {
@@ -479,8 +556,18 @@ fn bench(g: &Global, a: BenchArgs) -> Result<i32> {
     let ips = |s: f64| a.batch as f64 / s;
     println!("# autoencoder throughput: {} ({} bottleneck, factor {}), {}x{}x{} images, batch {}, median of {} after a warm-up", a.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("preset {}", a.preset.clone().unwrap_or_default())), c.bottleneck, c.factor(), c.in_channels, h, w, a.batch, a.repeats);
     println!("# device {device:?}; {}", crate::runtime::machine());
-    println!("encode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)", ips(enc), enc, r.encode_flops() * a.batch as f64 / enc / 1e9);
-    println!("decode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)", ips(dec), dec, r.decode_flops() * a.batch as f64 / dec / 1e9);
+    println!(
+        "encode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
+        ips(enc),
+        enc,
+        r.encode_flops() * a.batch as f64 / enc / 1e9
+    );
+    println!(
+        "decode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
+        ips(dec),
+        dec,
+        r.decode_flops() * a.batch as f64 / dec / 1e9
+    );
     Ok(0)
 }
 
@@ -495,7 +582,12 @@ fn info(a: InfoArgs) -> Result<i32> {
     anyhow::ensure!(h % f == 0 && w % f == 0, "--size {h}x{w} is not a multiple of the downsampling factor {f}");
     let r = cfg.report(h, w);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "report": r, "total_params": r.total_params()}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"config": cfg, "report": r, "total_params": r.total_params()})
+            )?
+        );
     } else {
         println!(
             "{what}: {} bottleneck, factor {f}, latents {}x{}x{} for {}x{}x{} images\n",
