@@ -96,7 +96,12 @@ fn a_batch_that_does_not_divide_over_the_ranks_is_refused() {
     let dir = tmp("dist-divide");
     let cfg = config(&dir);
     let run = dir.join("r");
-    let out = launch(3, &train_args(cfg.to_str().unwrap(), run.to_str().unwrap(), &[]));
+    // Global flags before `launch` reach every rank.
+    let out = Command::new(BIN)
+        .args(["--threads", "1", "--device", "cpu", "--quiet", "launch", "--nproc", "3", "--"])
+        .args(train_args(cfg.to_str().unwrap(), run.to_str().unwrap(), &[]))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("train.batch = 8 does not divide over 3 ranks"), "{err}");

@@ -1,7 +1,8 @@
 //! `msdiff launch --nproc N -- ARGS...`: run N ranks of `msdiff ARGS...` on this machine, as
 //! torchrun does, without Python. The launcher picks a free loopback port, sets RANK,
 //! LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT and
-//! OMP_NUM_THREADS (cores / N unless set) for each rank, starts each in its own process group
+//! OMP_NUM_THREADS (cores / N unless set) for each rank, GLOO_SOCKET_IFNAME=lo unless set (all
+//! connections stay on loopback), starts each in its own process group
 //! (so a terminal Ctrl-C reaches the launcher alone, which forwards it once to every rank), and
 //! exits with the first failing rank's code; ranks still running `grace` after a failure are
 //! killed.
@@ -67,6 +68,10 @@ pub fn launch(o: &LaunchOptions) -> Result<i32> {
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let omp = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / o.nproc).max(1).to_string());
+    // All ranks are local: Gloo's pair connections stay on loopback too, unless told otherwise.
+    let gloo_if = (std::env::var_os("GLOO_SOCKET_IFNAME").is_none()
+        && std::path::Path::new("/sys/class/net/lo").exists())
+    .then(|| "lo".to_string());
     let _ = ctrlc::set_handler(|| {
         SIGINTS.fetch_add(1, Ordering::SeqCst);
     });
@@ -82,6 +87,7 @@ pub fn launch(o: &LaunchOptions) -> Result<i32> {
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env("OMP_NUM_THREADS", &omp)
+            .envs(gloo_if.iter().map(|i| ("GLOO_SOCKET_IFNAME", i.as_str())))
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .process_group(0)
             .spawn();
