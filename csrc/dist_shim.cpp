@@ -152,14 +152,21 @@ int msd_nccl_new(void* store, const char* prefix, int rank, int world, long long
 #endif
 }
 
+// Shut the process group down (NCCL: destroys its communicators; PyTorch asks for it before exit),
+// or, with abort set (after a failure), abort it without waiting for other ranks.
+int msd_group_shutdown(void* g, int abort, char** err) {
+  return guard(err, [&] {
+    auto* group = static_cast<Group*>(g);
+    if (abort != 0) {
+      group->backend->abort();
+    } else {
+      group->backend->shutdown();
+    }
+  });
+}
+
 void msd_group_free(void* g) {
-  auto* group = static_cast<Group*>(g);
-  if (group == nullptr) return;
-  try {
-    group->backend->shutdown();
-  } catch (...) {
-  }
-  delete group;
+  delete static_cast<Group*>(g);
 }
 
 // In-place all-reduce of one tensor; op 0 = sum, 1 = average.

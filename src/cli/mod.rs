@@ -75,6 +75,8 @@ pub fn main() -> i32 {
         }
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    // A data-parallel rank leaves its process group before exiting (NCCL asks for it).
+    crate::dist::finish(matches!(result, Ok(Ok(_))));
     match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {

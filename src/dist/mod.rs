@@ -51,6 +51,7 @@ mod ffi {
             err: *mut *mut c_char,
         ) -> c_int;
         pub fn msd_group_free(g: *mut c_void);
+        pub fn msd_group_shutdown(g: *mut c_void, abort: c_int, err: *mut *mut c_char) -> c_int;
         pub fn msd_allreduce(g: *mut c_void, tensor: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
         pub fn msd_broadcast(g: *mut c_void, tensor: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
         pub fn msd_barrier(g: *mut c_void, err: *mut *mut c_char) -> c_int;
@@ -169,6 +170,7 @@ pub struct Group {
     pub rank: usize,
     pub world: usize,
     pub backend: BackendChoice,
+    shut: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: c10d's store and process groups are thread-safe C++ objects; msdiff calls them from
@@ -178,6 +180,7 @@ unsafe impl Sync for Group {}
 
 impl Drop for Group {
     fn drop(&mut self) {
+        let _ = self.shutdown(false);
         // SAFETY: both were created by the shim and are freed once.
         unsafe {
             ffi::msd_group_free(self.group);
@@ -261,7 +264,7 @@ impl Group {
             unsafe { ffi::msd_store_free(store) };
             return Err(e);
         }
-        Ok(Group { store, group, rank: env.rank, world: env.world, backend })
+        Ok(Group { store, group, rank: env.rank, world: env.world, backend, shut: Default::default() })
     }
 
     fn fail(&self, what: &str) -> String {
@@ -287,6 +290,18 @@ impl Group {
         check(st, err, &self.fail("broadcast"))
     }
 
+    /// Shut the group down (once; later collectives fail): NCCL destroys its communicators.
+    /// `abort` (after a failure) does not wait for the other ranks.
+    pub fn shutdown(&self, abort: bool) -> Result<()> {
+        if self.shut.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut err = std::ptr::null_mut();
+        // SAFETY: a live group.
+        let st = unsafe { ffi::msd_group_shutdown(self.group, abort as c_int, &mut err) };
+        check(st, err, "shutting the process group down")
+    }
+
     /// Wait until every rank is here.
     pub fn barrier(&self) -> Result<()> {
         let mut err = std::ptr::null_mut();
@@ -301,6 +316,15 @@ static GROUP: OnceLock<Group> = OnceLock::new();
 /// The process's group, once [`init`] made one.
 pub fn current() -> Option<&'static Group> {
     GROUP.get()
+}
+
+/// Shut the process's group down, if it has one (the CLI does so before exiting, as PyTorch
+/// asks of NCCL users): cleanly after success, aborted after a failure (`ok` false), so that a
+/// dead peer cannot hold the exit. Errors are ignored: the process is ending.
+pub fn finish(ok: bool) {
+    if let Some(g) = current() {
+        let _ = g.shutdown(!ok);
+    }
 }
 
 /// This process's rank (0 without a group).
