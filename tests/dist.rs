@@ -343,3 +343,35 @@ fn a_diverging_run_stops_every_rank() {
     assert!(err.contains("training stopped"), "{err}");
     assert!(!err.contains("all-reduce failed"), "every rank must stop on its own: {err}");
 }
+
+/// torchrun itself, when the libtorch came from a PyTorch install (scripts/with-libtorch's venv):
+/// its agent hosts the store (TORCHELASTIC_USE_AGENT_STORE=True) and the ranks train as under
+/// `msdiff launch`. SKIPPED without that Python.
+#[test]
+fn torchrun_launches_the_ranks_with_its_agent_store() {
+    let python = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .and_then(|t| t.ancestors().nth(4).map(|venv| venv.join("bin").join("python")))
+        .filter(|p| p.is_file());
+    let Some(python) = python else {
+        eprintln!("SKIPPED: no Python with torch next to LIBTORCH (run under scripts/with-libtorch)");
+        return;
+    };
+    let dir = tmp("dist-torchrun");
+    let cfg = config(&dir);
+    let port = msdiff::dist::launch::free_port().unwrap().to_string();
+    // torchrun's parser would take msdiff's --run for an abbreviation of its --run-path: the run
+    // folder is the default, runs/dist under the working folder.
+    let out = Command::new(python)
+        .current_dir(&dir)
+        .args(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", &port, "--no-python", BIN])
+        .args(["--threads", "1", "--device", "cpu", "--quiet", "train", "--config", cfg.to_str().unwrap()])
+        .arg("--no-samples")
+        .output()
+        .unwrap();
+    let err = ok(out, "torchrun");
+    assert!(err.contains("training on 2 ranks (gloo"), "{err}");
+    let one = dir.join("one");
+    ok(msdiff(&train_args(cfg.to_str().unwrap(), one.to_str().unwrap(), &[])).output().unwrap(), "one process");
+    assert_close(&newest(&one), &newest(&dir.join("runs").join("dist")), 1e-5, "torchrun 2 ranks vs 1 process");
+}
