@@ -58,14 +58,19 @@ impl Network {
     /// for the export. Any other difference (a missing, extra or differently shaped tensor) is an
     /// error naming it.
     pub fn load_safetensors(&self, path: &std::path::Path) -> Result<()> {
-        let raw = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let src: Vec<(String, Tensor)> = raw
-            .into_iter()
-            .filter(|(n, _)| !n.ends_with("resample_filter"))
-            .map(|(n, t)| (n.strip_prefix("model.").map(str::to_string).unwrap_or(n), t))
-            .collect();
-        copy_into(&self.params(), &src, &format!("weights {}", path.display()))
+        copy_into(&self.params(), &read_state_dict(path)?, &format!("weights {}", path.display()))
     }
+}
+
+/// The tensors of a safetensors state dict as msdiff names them: a PyTorch export's `model.`
+/// prefix (EDM's `EDMPrecond`) stripped, its `resample_filter` buffers (constants) left out.
+pub fn read_state_dict(path: &std::path::Path) -> Result<Vec<(String, Tensor)>> {
+    let raw = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(raw
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("resample_filter"))
+        .map(|(n, t)| (n.strip_prefix("model.").map(str::to_string).unwrap_or(n), t))
+        .collect())
 }
 
 /// The variables of `vs` whose name starts with one of `prefixes`, sorted by name: per-stage

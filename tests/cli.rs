@@ -615,6 +615,48 @@ fn val_loss_scores_every_checkpoint_reproducibly() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `msdiff import`: weights exported elsewhere (here: a trained tiny-edm's, under EDM's `model.`
+/// prefix) become a step-0 run that sample reads, with weights = EMA = the imported ones; weights
+/// of another architecture are one clear line and leave no run behind.
+#[test]
+fn import_makes_a_run_from_exported_weights() {
+    let d = tmp("import");
+    let cfg = d.join("edm.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\ncount = 32\n[model]\npreset = \"tiny-edm\"\n[process]\nkind = \"edm\"\n[stages]\nboundaries_t = [0.442, 0.636]\n[train]\nbatch = 8\nsteps = 2\ncheckpoint_every = 2\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let o = msdiff(&["train", "--no-samples", "--config", cfg.to_str().unwrap(), "--run", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, t) = msdiff::train::checkpoint::load(&run).unwrap();
+    let exported: Vec<(String, tch::Tensor)> =
+        t.model.iter().map(|(n, x)| (format!("model.{n}"), x.shallow_clone())).collect();
+    let weights = d.join("exported.safetensors");
+    tch::Tensor::write_safetensors(&exported, &weights).unwrap();
+    let imported = d.join("imported");
+    let o = msdiff(&["import", "--weights", weights.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (state, u) = msdiff::train::checkpoint::load(&imported).unwrap();
+    assert_eq!(state.step, 0);
+    for ((n, a), (_, b)) in t.model.iter().zip(&u.ema) {
+        assert!(a.equal(b), "EMA '{n}' differs from the imported weight");
+    }
+    let out = d.join("s");
+    let o = msdiff(&["sample", "--model", imported.to_str().unwrap(), "--sampler", "heun", "--steps", "3", "--n", "2", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same weights into an NCSN++ run: one line naming what does not fit, no run folder.
+    let other = d.join("ncsnpp.toml");
+    std::fs::write(&other, "[data]\ncount = 32\n[model]\npreset = \"tiny\"\n[stages]\nmethod = \"uniform\"\n").unwrap();
+    let bad = d.join("bad");
+    assert_user_error(
+        &msdiff(&["import", "--weights", weights.to_str().unwrap(), "--config", other.to_str().unwrap(), "--out", bad.to_str().unwrap()]),
+        "another model configuration",
+    );
+    assert!(!bad.join("checkpoints").exists());
+}
+
 /// Out of memory in training: exit 2, one error line naming the batch, no C++ trace, no checkpoint.
 #[test]
 fn train_out_of_memory_is_one_clear_line() {

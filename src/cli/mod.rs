@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod fid;
+mod import;
 mod info;
 mod launch;
 mod sample;
@@ -48,6 +49,8 @@ pub enum Command {
     Fid(fid::FidArgs),
     /// Sample N images from a checkpoint and report their FID against reference statistics.
     Eval(fid::EvalArgs),
+    /// Make a run folder from weights trained elsewhere (e.g. an exported official EDM checkpoint).
+    Import(import::ImportArgs),
     /// Validation loss of checkpoints on held-out images, per noise interval (e.g. per stage).
     ValLoss(val_loss::ValLossArgs),
     /// Benchmarks (optimal denoiser, training step, sampling throughput); see docs/BENCHMARKS.md.
@@ -159,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(a) => bench::run(&cli.global, a),
         Command::Autoencoder(a) => autoencoder::run(&cli.global, a),
         Command::ValLoss(a) => val_loss::run(&cli.global, a),
+        Command::Import(a) => import::run(&cli.global, a),
         Command::Launch(a) => launch::run(&cli.global, a),
     }
 }

@@ -131,6 +131,18 @@ impl TrainState {
         })
     }
 
+    /// Start from weights made elsewhere (e.g. an official checkpoint exported to safetensors,
+    /// docs/EDM.md): the trained weights and the EMA both become them; Adam stays at zero.
+    pub fn import_weights(&mut self, path: &std::path::Path) -> Result<()> {
+        let src = crate::model::read_state_dict(path)?;
+        copy_into(&self.masters, &src, &format!("weights {}", path.display()))?;
+        copy_into(&self.ema_params, &self.masters, "EMA weights")?;
+        if self.mixed {
+            copy_into(&self.params, &self.masters, "bf16 weights")?;
+        }
+        Ok(())
+    }
+
     /// Continue from a checkpoint: weights, EMA, Adam moments and step counts, the step.
     pub fn restore(&mut self, state: &State, tensors: &Tensors) -> Result<()> {
         copy_into(&self.masters, &tensors.model, "weights")?;
