@@ -375,3 +375,26 @@ fn torchrun_launches_the_ranks_with_its_agent_store() {
     ok(msdiff(&train_args(cfg.to_str().unwrap(), one.to_str().unwrap(), &[])).output().unwrap(), "one process");
     assert_close(&newest(&one), &newest(&dir.join("runs").join("dist")), 1e-5, "torchrun 2 ranks vs 1 process");
 }
+
+/// A group of one (what an NCCL run on one GPU is) trains bit for bit as the plain process,
+/// dropout included: the all-reduce path changes nothing.
+#[test]
+fn a_world_of_one_is_bit_identical_to_one_process() {
+    let dir = tmp("dist-world1");
+    let cfg = dir.join("w1.toml");
+    std::fs::write(&cfg, common::tiny_config("").replace("steps = 6", "steps = 8")).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (a, b) = (dir.join("plain"), dir.join("world1"));
+    ok(msdiff(&train_args(cfg, a.to_str().unwrap(), &[])).output().unwrap(), "plain");
+    let port = msdiff::dist::launch::free_port().unwrap().to_string();
+    let out = msdiff(&train_args(cfg, b.to_str().unwrap(), &[]))
+        .envs([("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+        .output()
+        .unwrap();
+    let err = ok(out, "world of one");
+    assert!(err.contains("training on 1 ranks (gloo"), "{err}");
+    let (x, y) = (all_tensors(&newest(&a)), all_tensors(&newest(&b)));
+    for ((n, t1), (_, t2)) in x.iter().zip(&y) {
+        assert!(t1.equal(t2), "{n} differs");
+    }
+}
