@@ -121,7 +121,11 @@ pub fn launch(o: &LaunchOptions) -> Result<i32> {
                 *slot = None;
                 if !st.success() && first_failure.is_none() {
                     if presses == 0 {
-                        eprintln!("msdiff launch: rank {r} failed ({}); stopping the other ranks", describe(st));
+                        eprintln!(
+                            "msdiff launch: rank {r} failed ({}); the others stop at their next collective (killed after {:?})",
+                            describe(st),
+                            o.grace
+                        );
                     }
                     first_failure = Some((r, st));
                     failed_at = Some(Instant::now());
