@@ -37,6 +37,11 @@ pub const CUTOFF: f64 = 40.0;
 /// Above this many candidates a row is recomputed in f64 over the whole set instead.
 pub const MAX_CANDIDATES: i64 = 4096;
 
+/// The caller's say on which rows of a block need the exact mean: `(first query index, sigmas,
+/// f32-pass means [rows, D] in f64, per-row error bounds) -> refine?` (see
+/// [`OptimalDenoiser::posterior_mean_refined`]).
+pub type Refine<'a> = dyn FnMut(usize, &[f64], &Tensor, &[f64]) -> Vec<bool> + 'a;
+
 crate::names::named_enum! {
     /// How posterior means are computed.
     #[derive(Default)]
@@ -220,7 +225,7 @@ impl OptimalDenoiser {
         &self,
         x: &Tensor,
         sigma: &Tensor,
-        refine: &mut dyn FnMut(usize, &[f64], &Tensor, &[f64]) -> Vec<bool>,
+        refine: &mut Refine,
     ) -> Result<Tensor> {
         let size = x.size();
         ensure!(
@@ -293,7 +298,7 @@ impl OptimalDenoiser {
         x64: &Tensor,
         sig: &[f64],
         start: usize,
-        refine: &mut dyn FnMut(usize, &[f64], &Tensor, &[f64]) -> Vec<bool>,
+        refine: &mut Refine,
     ) -> Tensor {
         let device = x64.device();
         let rows = x64.size()[0];
