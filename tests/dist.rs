@@ -147,6 +147,44 @@ fn a_killed_rank_stops_the_other_with_a_clear_message() {
     }
 }
 
+/// A rank that hangs (stopped with SIGSTOP): the other's collective times out after
+/// MSDIFF_DIST_TIMEOUT and it exits non-zero, saying so.
+#[test]
+fn a_hung_rank_makes_the_other_time_out() {
+    let dir = tmp("dist-hang");
+    let cfg = config(&dir);
+    let run = dir.join("r");
+    let port = msdiff::dist::launch::free_port().unwrap().to_string();
+    let spawn = |rank: &str| {
+        msdiff(&train_args(cfg.to_str().unwrap(), run.to_str().unwrap(), &["--steps", "100000"]))
+            .envs([("RANK", rank), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+            .env("MSDIFF_DIST_TIMEOUT", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, mut r1) = (spawn("0"), spawn("1"));
+    let metrics = run.join("metrics.jsonl");
+    let began = Instant::now();
+    while std::fs::read_to_string(&metrics).map(|s| s.lines().count() < 2).unwrap_or(true) {
+        assert!(began.elapsed() < Duration::from_secs(120), "no training after 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc_kill(r1.id() as i32, 19) };
+    let stopped = Instant::now();
+    let out = r0.wait_with_output().unwrap();
+    let waited = stopped.elapsed();
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(waited < Duration::from_secs(30), "rank 0 took {waited:?}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains("MSDIFF_DIST_TIMEOUT = 3 s") && last.contains("timed out"), "{err}");
+}
+
 /// `msdiff launch` forwards Ctrl-C: every rank finishes its step, rank 0 saves, all exit 130.
 #[test]
 fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {

@@ -170,6 +170,8 @@ pub struct Group {
     pub rank: usize,
     pub world: usize,
     pub backend: BackendChoice,
+    /// How long a collective may wait for the other ranks.
+    pub timeout: Duration,
     shut: std::sync::atomic::AtomicBool,
 }
 
@@ -264,13 +266,15 @@ impl Group {
             unsafe { ffi::msd_store_free(store) };
             return Err(e);
         }
-        Ok(Group { store, group, rank: env.rank, world: env.world, backend, shut: Default::default() })
+        Ok(Group { store, group, rank: env.rank, world: env.world, backend, timeout, shut: Default::default() })
     }
 
     fn fail(&self, what: &str) -> String {
         format!(
-            "rank {} of {}: {what} failed (another rank stopped, crashed or timed out; its own message says why)",
-            self.rank, self.world
+            "rank {} of {}: {what} failed (another rank stopped, crashed, or did not answer within MSDIFF_DIST_TIMEOUT = {} s; its own message says why)",
+            self.rank,
+            self.world,
+            self.timeout.as_secs_f64()
         )
     }
 
