@@ -201,6 +201,10 @@ fn diffusers_vq_fixture_matches_diffusers_itself_and_codes_exactly() {
     let m = msdiff::autoencoder::diffusers::import(&fixture("vq"), Device::Cpu).unwrap();
     let e = expected("vq");
     assert_eq!(
+        m.manifest.scaling_factor, None,
+        "a VQModel's scaling_factor is not used (diffusers' VQ pipelines do not scale)"
+    );
+    assert_eq!(
         (m.config().attn_levels.clone(), m.config().z_channels, m.config().embed_dim, m.config().n_embed),
         (vec![1], 3, 2, 32)
     );

@@ -8,7 +8,8 @@
 //! `AttnUpDecoderBlock2D`), `latent_channels` (= `z_channels`; KL: also `embed_dim`),
 //! `vq_embed_dim` and `num_vq_embeddings` (VQ), `norm_num_groups`, `act_fn` (`silu`),
 //! `mid_block_add_attention`, `use_quant_conv` / `use_post_quant_conv` (KL), `norm_type`
-//! (`group`), `scaling_factor`, `shift_factor`. `sample_size`, `force_upcast`,
+//! (`group`), `scaling_factor` (KL only: diffusers' VQ pipelines never read it, and LDM trained on
+//! VQ latents unscaled), `shift_factor`. `sample_size`, `force_upcast`,
 //! `lookup_from_codebook` and `_`-prefixed keys do not change the network and are skipped. Any
 //! other key, class or block type is refused with its name.
 //!
@@ -412,16 +413,29 @@ pub fn import(dir: &Path, device: Device) -> Result<AutoencoderModel> {
         );
     }
     model.set_weights(&mapped, "diffusers weights")?;
+    // diffusers' latent pipelines scale KL latents by scaling_factor; its VQ pipelines (LDM) never
+    // read it (save_pretrained writes the class default 0.18215 anyway), and LDM trained on VQ
+    // latents with scale 1.0. So a VQModel's value is recorded in the provenance but not used.
+    let mut source = model.manifest.source.clone();
+    if converted {
+        source.push_str("; half-precision weights converted to f32");
+    }
+    let scaling_factor = match dc.class {
+        Class::AutoencoderKl => Some(dc.scaling_factor),
+        Class::VqModel => {
+            source.push_str(&format!(
+                "; its scaling_factor {} is not used (diffusers' VQ pipelines do not scale)",
+                dc.scaling_factor
+            ));
+            None
+        }
+    };
     model.manifest = Manifest {
         format: FORMAT.into(),
         config: dc.config.clone(),
-        scaling_factor: Some(dc.scaling_factor),
+        scaling_factor,
         shift_factor: dc.shift_factor,
-        source: if converted {
-            format!("{}; half-precision weights converted to f32", model.manifest.source)
-        } else {
-            model.manifest.source.clone()
-        },
+        source,
     };
     Ok(model)
 }

@@ -553,17 +553,24 @@ fn bench(g: &Global, a: BenchArgs) -> Result<i32> {
         sync();
     });
     let r = c.report(h, w);
-    let ips = |s: f64| a.batch as f64 / s;
+    let ips = |s: f64| {
+        let r = a.batch as f64 / s;
+        if r < 10.0 {
+            format!("{r:.3}")
+        } else {
+            format!("{r:.1}")
+        }
+    };
     println!("# autoencoder throughput: {} ({} bottleneck, factor {}), {}x{}x{} images, batch {}, median of {} after a warm-up", a.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("preset {}", a.preset.clone().unwrap_or_default())), c.bottleneck, c.factor(), c.in_channels, h, w, a.batch, a.repeats);
     println!("# device {device:?}; {}", crate::runtime::machine());
     println!(
-        "encode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
+        "encode: {} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
         ips(enc),
         enc,
         r.encode_flops() * a.batch as f64 / enc / 1e9
     );
     println!(
-        "decode: {:.1} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
+        "decode: {} images/s ({:.3} s per batch, {:.2} GFLOP/s)",
         ips(dec),
         dec,
         r.decode_flops() * a.batch as f64 / dec / 1e9
