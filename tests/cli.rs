@@ -636,7 +636,15 @@ fn import_makes_a_run_from_exported_weights() {
     let weights = d.join("exported.safetensors");
     tch::Tensor::write_safetensors(&exported, &weights).unwrap();
     let imported = d.join("imported");
-    let o = msdiff(&["import", "--weights", weights.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
+    let o = msdiff(&[
+        "import",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        imported.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (state, u) = msdiff::train::checkpoint::load(&imported).unwrap();
     assert_eq!(state.step, 0);
@@ -644,14 +652,34 @@ fn import_makes_a_run_from_exported_weights() {
         assert!(a.equal(b), "EMA '{n}' differs from the imported weight");
     }
     let out = d.join("s");
-    let o = msdiff(&["sample", "--model", imported.to_str().unwrap(), "--sampler", "heun", "--steps", "3", "--n", "2", "--out", out.to_str().unwrap()]);
+    let o = msdiff(&[
+        "sample",
+        "--model",
+        imported.to_str().unwrap(),
+        "--sampler",
+        "heun",
+        "--steps",
+        "3",
+        "--n",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The same weights into an NCSN++ run: one line naming what does not fit, no run folder.
     let other = d.join("ncsnpp.toml");
     std::fs::write(&other, "[data]\ncount = 32\n[model]\npreset = \"tiny\"\n[stages]\nmethod = \"uniform\"\n").unwrap();
     let bad = d.join("bad");
     assert_user_error(
-        &msdiff(&["import", "--weights", weights.to_str().unwrap(), "--config", other.to_str().unwrap(), "--out", bad.to_str().unwrap()]),
+        &msdiff(&[
+            "import",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--config",
+            other.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+        ]),
         "another model configuration",
     );
     assert!(!bad.join("checkpoints").exists());

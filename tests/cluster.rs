@@ -74,7 +74,8 @@ fn two_point_set_matches_the_analytic_curves_and_cuts() {
         0,
     );
     let p = vp();
-    let opts = OptimalOptions { alpha: 0.9, eta, samples: 6000, seed: 11, scale: DataScale::Symmetric, ..Default::default() };
+    let opts =
+        OptimalOptions { alpha: 0.9, eta, samples: 6000, seed: 11, scale: DataScale::Symmetric, ..Default::default() };
     let curves = agreement_curves(&pts, &p, &opts, Device::Cpu, |_| {}).unwrap();
     // (1) Binned curves vs the closed form: 20 bins of ~300 samples; binomial std <= 0.029, and
     // the expectation varies inside a bin, so we allow 0.09 (3 std).

@@ -276,10 +276,10 @@ fn edm_stage_policy_picks_one_stage_per_batch_with_the_lognormal_mass() {
         }
         count[d.stage[0] as usize] += 1;
     }
-    for j in 0..3 {
-        let f = count[j] as f64 / n as f64;
-        let sd = (s.weights[j] * (1.0 - s.weights[j]) / n as f64).sqrt();
-        assert!((f - s.weights[j]).abs() < 4.0 * sd + 1e-9, "stage {j}: {f} vs {}", s.weights[j]);
+    for (j, (&c, &w)) in count.iter().zip(&s.weights).enumerate() {
+        let f = c as f64 / n as f64;
+        let sd = (w * (1.0 - w) / n as f64).sqrt();
+        assert!((f - w).abs() < 4.0 * sd + 1e-9, "stage {j}: {f} vs {w}");
     }
 }
 

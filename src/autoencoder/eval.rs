@@ -124,19 +124,31 @@ pub enum Scale {
     Given(f64),
 }
 
-/// Encode a whole dataset into a latent cache (`model_path` is recorded as given).
+/// How [`cache_latents`] encodes.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheOptions {
+    /// KL: the mean or a sample.
+    pub mode: EncodeMode,
+    /// Image i's sample (KL `sample` mode) uses seed + i.
+    pub seed: u64,
+    /// VQ: store the quantised latents.
+    pub quantize: bool,
+    /// The scale factor recorded with the latents.
+    pub scale: Scale,
+    /// Images per batch (the result does not depend on it).
+    pub batch: usize,
+}
+
+/// Encode a whole dataset into a latent cache (`model_path` and `spec` are recorded as given).
 pub fn cache_latents(
     model: &AutoencoderModel,
     model_path: &str,
     data: &Dataset,
     spec: &str,
-    mode: EncodeMode,
-    seed: u64,
-    quantize: bool,
-    scale: Scale,
-    batch: usize,
+    opts: CacheOptions,
     progress: impl FnMut(usize),
 ) -> Result<LatentCache> {
+    let CacheOptions { mode, seed, quantize, scale, batch } = opts;
     let n = data.len() as u64;
     let seeds: Vec<u64> = (0..n).map(|i| seed.wrapping_add(i)).collect();
     let latents = model.encode(&data.images, mode, quantize, &seeds, batch, progress)?;

@@ -105,7 +105,7 @@ impl LossConfig {
         let d = y - x;
         let mut r = d.abs().mean(Kind::Float) * self.l1;
         if self.l2 > 0.0 {
-            r = r + d.square().mean(Kind::Float) * self.l2;
+            r = &r + d.square().mean(Kind::Float) * self.l2;
         }
         r
     }

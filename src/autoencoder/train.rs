@@ -454,7 +454,7 @@ impl AeTrainState {
             };
             st.g_loss = g_loss.double_value(&[]);
             st.d_weight = w;
-            loss = loss + g_loss * w;
+            loss = &loss + g_loss * w;
         }
         st.loss = loss.double_value(&[]);
         if !st.loss.is_finite() {
@@ -678,7 +678,10 @@ pub fn is_run_or_checkpoint(path: &Path) -> bool {
 }
 
 /// Read a checkpoint (a checkpoint folder, or a run's newest): its state and tensors by group.
-pub fn load_checkpoint(path: &Path) -> Result<(AeCheckpointState, BTreeMap<String, Vec<(String, Tensor)>>)> {
+/// A checkpoint's tensors by group (`model`, `ema`, `adam_m`, ...): named tensors each.
+pub type TensorGroups = BTreeMap<String, Vec<(String, Tensor)>>;
+
+pub fn load_checkpoint(path: &Path) -> Result<(AeCheckpointState, TensorGroups)> {
     let dir = resolve_checkpoint(path).ok_or_else(|| {
         if path.exists() {
             anyhow::anyhow!(

@@ -397,11 +397,7 @@ fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
             &a.model.display().to_string(),
             &ds,
             &spec,
-            a.mode,
-            a.seed,
-            a.quantize,
-            scale,
-            a.batch,
+            eval::CacheOptions { mode: a.mode, seed: a.seed, quantize: a.quantize, scale, batch: a.batch },
             |k| bar.set_position(k as u64),
         )?;
         c.save(&a.out)?;

@@ -76,9 +76,11 @@ impl Split {
 
     /// Read a split written by `msdiff cluster`, checking that it is consistent.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read split file {}", path.display()))?;
-        let s: Split = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a msdiff split file (expected the JSON written by `msdiff cluster`)", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read split file {}", path.display()))?;
+        let s: Split = serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a msdiff split file (expected the JSON written by `msdiff cluster`)", path.display())
+        })?;
         validate_cuts(&s.boundaries_t).with_context(|| format!("in {}", path.display()))?;
         ensure!(
             s.stages == s.boundaries_t.len() + 1 && s.boundaries_sigma.len() == s.boundaries_t.len(),

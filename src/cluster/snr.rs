@@ -96,7 +96,16 @@ mod tests {
             let mut best = f64::INFINITY;
             // A brute-force reference: the recursion's state is plain arguments.
             #[allow(clippy::too_many_arguments)]
-            fn rec(p: &Process, n: usize, k: usize, lo: usize, hi: usize, acc: &mut Vec<usize>, start: usize, best: &mut f64) {
+            fn rec(
+                p: &Process,
+                n: usize,
+                k: usize,
+                lo: usize,
+                hi: usize,
+                acc: &mut Vec<usize>,
+                start: usize,
+                best: &mut f64,
+            ) {
                 if acc.len() == k - 1 {
                     let last = n - start;
                     if last >= lo && last <= hi {

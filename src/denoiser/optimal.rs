@@ -221,12 +221,7 @@ impl OptimalDenoiser {
     /// index, its sigmas, its f32-pass means `[rows, D]` (f64) and each row's bound on the error
     /// of any value of its mean ([`Self::mean_error_bound`]), and returns which rows must be recomputed exactly (f64 over the candidates that matter, see
     /// the module docs). [`Arithmetic::F64`] computes every row in f64 and never asks.
-    pub fn posterior_mean_refined(
-        &self,
-        x: &Tensor,
-        sigma: &Tensor,
-        refine: &mut Refine,
-    ) -> Result<Tensor> {
+    pub fn posterior_mean_refined(&self, x: &Tensor, sigma: &Tensor, refine: &mut Refine) -> Result<Tensor> {
         let size = x.size();
         ensure!(
             size.len() == 2 && size[1] == self.dim(),
@@ -293,13 +288,7 @@ impl OptimalDenoiser {
         acc / run_sum.unsqueeze(1)
     }
 
-    fn block_mixed(
-        &self,
-        x64: &Tensor,
-        sig: &[f64],
-        start: usize,
-        refine: &mut Refine,
-    ) -> Tensor {
+    fn block_mixed(&self, x64: &Tensor, sig: &[f64], start: usize, refine: &mut Refine) -> Tensor {
         let device = x64.device();
         let rows = x64.size()[0];
         let inv2s2: Vec<f64> = sig.iter().map(|s| 0.5 / (s * s)).collect();

@@ -156,7 +156,8 @@ impl TrainConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -166,7 +167,9 @@ impl TrainConfig {
         let model = resolve_model(&self.model, image_shape)?;
         let process = self.process.build()?;
         let prediction = self.prediction.unwrap_or(match process {
-            crate::process::Process::Edm(_) => Prediction::Edm { sigma_data: crate::objective::precond::default_sigma_data() },
+            crate::process::Process::Edm(_) => {
+                Prediction::Edm { sigma_data: crate::objective::precond::default_sigma_data() }
+            }
             _ => Prediction::Eps,
         });
         let stages = model.num_stages();
@@ -202,7 +205,10 @@ impl ResolvedConfig {
         self.model.validate()?;
         let process = self.process.build()?;
         if let Prediction::Edm { sigma_data } = self.prediction {
-            ensure!(sigma_data.is_finite() && sigma_data > 0.0, "prediction.sigma_data must be > 0 (EDM: 0.5 for data in [-1, 1]), got {sigma_data}");
+            ensure!(
+                sigma_data.is_finite() && sigma_data > 0.0,
+                "prediction.sigma_data must be > 0 (EDM: 0.5 for data in [-1, 1]), got {sigma_data}"
+            );
         }
         self.optim.validate()?;
         self.ema.validate()?;
@@ -235,7 +241,8 @@ impl ResolvedConfig {
     pub fn compute(&self) -> Result<Compute> {
         let cuts = self.split.as_ref().map(|s| s.boundaries_t.clone()).unwrap_or_default();
         let report = crate::nn::report(&self.model, &cuts)?;
-        let stages = crate::objective::StageSampler::new(&self.process.build()?, &self.objective, &self.boundaries_sigma())?;
+        let stages =
+            crate::objective::StageSampler::new(&self.process.build()?, &self.objective, &self.boundaries_sigma())?;
         Ok(Compute::new(self.objective.policy, &report, stages.weights.clone()))
     }
 
@@ -272,7 +279,11 @@ pub struct Compute {
 }
 
 impl Compute {
-    pub fn new(policy: crate::objective::StagePolicy, report: &crate::nn::ModelReport, stage_frequencies: Vec<f64>) -> Self {
+    pub fn new(
+        policy: crate::objective::StagePolicy,
+        report: &crate::nn::ModelReport,
+        stage_frequencies: Vec<f64>,
+    ) -> Self {
         let train = report.stage_gflops.iter().zip(&stage_frequencies).map(|(g, f)| g * f).sum();
         Compute {
             policy,
