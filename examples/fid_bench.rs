@@ -61,15 +61,7 @@ fn main() -> Result<()> {
     };
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    println!("machine: {cpu}, libtorch threads {}", tch::get_num_threads());
+    println!("machine: {}", msdiff::runtime::machine());
 
     // GEMM reference: 2048^3 f32, median of 5 after a warm-up.
     let n = 2048i64;
