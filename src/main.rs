@@ -1,4 +1,4 @@
 fn main() {
-    msdiff::runtime::ensure_passive_openmp_wait();
+    msdiff::runtime::choose_openmp_wait_policy();
     std::process::exit(msdiff::cli::main());
 }

@@ -3,20 +3,29 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 use tch::{Device, Tensor};
 
-/// Make libtorch's OpenMP threads sleep, not spin, while they wait for work.
+/// Choose how libtorch's OpenMP threads wait for work: spin (OpenMP's default) on an idle
+/// machine, sleep (`OMP_WAIT_POLICY=PASSIVE`) when other processes are using the CPU.
 ///
-/// libtorch's CPU kernels run on GNU OpenMP, whose threads by default spin for a while after
-/// each parallel region. When the cores are shared (another process, a build, a second run),
-/// a spinning thread burns the time slice its partner needs to finish, and a job slows down far
-/// more than its share of the CPU: `msdiff cluster` on 200 images went from 1.7 s to 41-80 s
-/// with one competing busy loop, and 3.1-4.2 s with passive waiting (docs/BENCHMARKS.md,
-/// "Shared machines"). The policy is read once, when the OpenMP runtime loads with libtorch
-/// (before `main`), so it can only be set for a fresh process image: when `OMP_WAIT_POLICY` is
-/// unset, this sets it to `PASSIVE` and re-executes the binary with the same arguments. A value
-/// the user set (`OMP_WAIT_POLICY=ACTIVE` for a dedicated machine) is kept. If the re-exec fails
-/// the program simply goes on with the default policy.
-pub fn ensure_passive_openmp_wait() {
+/// libtorch's CPU kernels run on GNU OpenMP, whose threads spin for a while after each parallel
+/// region. On an idle machine that is fastest (the demo: 254 s spinning, 393 s passive). When the
+/// cores are shared (another process, a build, a second run), a spinning thread burns the time
+/// slice its partner needs, and a job slows down far beyond its share of the CPU: `msdiff cluster`
+/// on 200 images went from 1.7 s to 41-80 s beside one busy loop, against 3.1-4.2 s passive; the
+/// demo took 7x its quiet time spinning and 1.44x passive (docs/BENCHMARKS.md, "Shared
+/// machines"). So when the 1-minute load average shows at least half a core in use by others
+/// (>= 0.5) at start, the policy is set to `PASSIVE`. It is read once, when the OpenMP runtime
+/// loads with libtorch (before `main`), so this re-executes the binary with the same arguments. A
+/// value the user set (`OMP_WAIT_POLICY=ACTIVE|PASSIVE`) is always kept. If the re-exec fails the
+/// program goes on with OpenMP's default.
+pub fn choose_openmp_wait_policy() {
     if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let busy = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .is_some_and(|load| load >= 0.5);
+    if !busy {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
