@@ -203,17 +203,11 @@ pub struct AeResolvedConfig {
 impl AeTrainConfig {
     /// Parse TOML (errors name the line and the key).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            anyhow::anyhow!("invalid autoencoder configuration {origin}{at}: {}", e.message().trim())
-        })
+        crate::train::config::parse_toml(text, "autoencoder configuration", origin)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml(&text, &path.display().to_string())
+        crate::train::config::read_toml(path, "autoencoder configuration")
     }
 
     /// Resolve the preset and overrides for images of `[C, H, W]`: the channels follow the data
@@ -619,41 +613,7 @@ fn save_checkpoint(
     named: &[(String, Tensor)],
     keep_last: usize,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint folder {}", dir.display()))?;
-    let final_dir = dir.join(ckpt::step_dir_name(state.step));
-    let partial = dir.join(format!(".{}.partial-{}", ckpt::step_dir_name(state.step), std::process::id()));
-    let _ = std::fs::remove_dir_all(&partial);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&partial)?;
-        let cpu: Vec<(String, Tensor)> =
-            named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
-        let wpath = partial.join(ckpt::WEIGHTS);
-        Tensor::write_safetensors(&cpu, &wpath).map_err(|e| anyhow::anyhow!("{e}"))?;
-        std::fs::File::open(&wpath)?.sync_all()?;
-        crate::io::write_atomic_bytes(&partial.join(ckpt::STATE), &serde_json::to_vec_pretty(state)?)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
-        }
-        std::fs::rename(&partial, &final_dir)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&partial);
-        return Err(e.context(format!(
-            "cannot save checkpoint {} (disk full?); earlier checkpoints are intact",
-            final_dir.display()
-        )));
-    }
-    let all = ckpt::list(dir)?;
-    if all.len() > keep_last {
-        for (_, p) in &all[..all.len() - keep_last] {
-            std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
-        }
-    }
-    Ok(final_dir)
+    ckpt::write_step_folder(dir, state.step, named, &serde_json::to_vec_pretty(state)?, keep_last)
 }
 
 /// The checkpoint folder a path means: a checkpoint, or a run (its newest) or its `checkpoints/`.

@@ -52,23 +52,38 @@ pub fn step_dir_name(step: u64) -> String {
 
 /// Save a checkpoint under `dir/step-N/` atomically and prune to the `keep_last` newest.
 pub fn save(dir: &Path, state: &State, t: &Tensors, keep_last: usize) -> Result<PathBuf> {
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (prefix, group) in [("model", &t.model), ("ema", &t.ema), ("adam_m", &t.adam_m), ("adam_v", &t.adam_v)] {
+        for (n, v) in group {
+            named.push((format!("{prefix}.{n}"), v.shallow_clone()));
+        }
+    }
+    write_step_folder(dir, state.step, &named, &serde_json::to_vec_pretty(state)?, keep_last)
+}
+
+/// Write `dir/step-N/` with `named` tensors (moved to the CPU) as [`WEIGHTS`] and `state_json`
+/// as [`STATE`], atomically: everything goes into a hidden partial folder renamed into place only
+/// when complete (a crash or a full disk leaves earlier checkpoints intact). Then prune to the
+/// `keep_last` newest. The one writer of diffusion and autoencoder checkpoints.
+pub fn write_step_folder(
+    dir: &Path,
+    step: u64,
+    named: &[(String, Tensor)],
+    state_json: &[u8],
+    keep_last: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint folder {}", dir.display()))?;
-    let final_dir = dir.join(step_dir_name(state.step));
-    let partial = dir.join(format!(".{}.partial-{}", step_dir_name(state.step), std::process::id()));
+    let final_dir = dir.join(step_dir_name(step));
+    let partial = dir.join(format!(".{}.partial-{}", step_dir_name(step), std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&partial)?;
-        let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (prefix, group) in [("model", &t.model), ("ema", &t.ema), ("adam_m", &t.adam_m), ("adam_v", &t.adam_v)] {
-            for (n, v) in group {
-                named.push((format!("{prefix}.{n}"), v.detach().to_device(tch::Device::Cpu).contiguous()));
-            }
-        }
+        let cpu: Vec<(String, Tensor)> =
+            named.iter().map(|(n, v)| (n.clone(), v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
         let wpath = partial.join(WEIGHTS);
-        Tensor::write_safetensors(&named, &wpath).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Tensor::write_safetensors(&cpu, &wpath).map_err(|e| anyhow::anyhow!("{e}"))?;
         std::fs::File::open(&wpath)?.sync_all()?;
-        let json = serde_json::to_vec_pretty(state)?;
-        crate::io::atomic::write_atomic_bytes(&partial.join(STATE), &json)?;
+        crate::io::atomic::write_atomic_bytes(&partial.join(STATE), state_json)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }

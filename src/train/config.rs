@@ -145,20 +145,30 @@ pub struct ResolvedConfig {
     pub train: LoopConfig,
 }
 
+/// Parse a TOML configuration (`what`, e.g. "configuration") from `origin`: an error names the
+/// line and the key ("invalid configuration run.toml (line 3): unknown field ...").
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str, origin: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        anyhow::anyhow!("invalid {what} {origin}{at}: {}", e.message().trim())
+    })
+}
+
+/// Read and parse a TOML configuration file (see [`parse_toml`]).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_toml(&text, what, &path.display().to_string())
+}
+
 impl TrainConfig {
     /// Parse TOML text (unknown keys are errors naming the key).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            anyhow::anyhow!("invalid configuration {origin}{at}: {}", e.message().trim())
-        })
+        parse_toml(text, "configuration", origin)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml(&text, &path.display().to_string())
+        read_toml(path, "configuration")
     }
 
     /// Resolve presets and the split. `base_dir` anchors relative split paths; `image_shape` is
