@@ -8,6 +8,9 @@ use crate::train::config::Compute;
 
 /// The official EDM code's cuts (sigma 2.5103 and 7.6577) in VP time (docs/METHOD.md §1.5).
 const EDM_CUTS_T: [f64; 2] = [0.442, 0.636];
+/// The official LDM code's cuts (steps 442 and 631 of 1000) as fractions of the chain: the
+/// interval weights 0.442 / 0.189 / 0.369 of the report.
+const LDM_CUTS_T: [f64; 2] = [0.442, 0.631];
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -18,7 +21,9 @@ pub struct InfoArgs {
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A network preset: cifar10-multistage, cifar10-unified, cifar10-separate, reference-6.5m, tiny, small-*
-    /// (NCSN++), or EDM's DDPM++: cifar10-edm-multistage, cifar10-edm-unified, cifar10-edm-separate, tiny-edm.
+    /// (NCSN++), EDM's DDPM++: cifar10-edm-multistage, cifar10-edm-unified, cifar10-edm-separate, tiny-edm, or LDM's
+    /// ADM U-Net: celebahq-ldm-multistage, celebahq-ldm-multistage-attn, celebahq-ldm-unified, celebahq-ldm-separate,
+    /// small-ldm-multistage, small-ldm-unified, tiny-ldm.
     #[arg(long)]
     pub preset: Option<String>,
     /// Stage boundaries for the interval-weighted GFLOPs (split JSON); default uniform.
@@ -43,9 +48,14 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
     } else {
         let name = a.preset.as_deref().unwrap_or("small-multistage");
         let cfg = UNetConfig::preset(name)?;
-        // EDM's networks default to the official EDM cuts (sigma 2.5103, 7.6577).
-        let t =
-            (cfg.family == Family::Ddpmpp && cfg.num_stages() == 3 && a.split.is_none()).then(|| EDM_CUTS_T.to_vec());
+        // EDM's networks default to the official EDM cuts (sigma 2.5103, 7.6577), LDM's to its
+        // steps 442 / 631.
+        let t = match cfg.family {
+            _ if cfg.num_stages() != 3 || a.split.is_some() => None,
+            Family::Ddpmpp => Some(EDM_CUTS_T.to_vec()),
+            Family::Adm => Some(LDM_CUTS_T.to_vec()),
+            Family::Ncsnpp => None,
+        };
         (cfg, t)
     };
     let cuts = match (&a.split, split_t) {
@@ -79,6 +89,11 @@ pub fn run(_g: &Global, a: InfoArgs) -> Result<i32> {
                 cuts.iter().map(|&t| ProcessConfig::default().build().map(|p| p.sigma(t))).collect::<Result<_>>()?;
             let stages = StageSampler::new(&edm.build()?, &objective, &sigmas)?;
             Some(Compute::new(StagePolicy::Edm, &report, stages.weights.clone()))
+        }
+        // The official LDM recipe: one stage per GPU (rank mod 3), a third of the samples each.
+        None if cfg.family == Family::Adm && cfg.num_stages() > 1 => {
+            let k = cfg.num_stages();
+            Some(Compute::new(StagePolicy::Rank, &report, vec![1.0 / k as f64; k]))
         }
         None => None,
     };

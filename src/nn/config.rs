@@ -59,6 +59,11 @@ pub enum Family {
     /// `resample_with`, `decoder_attn`, `input_pyramid`, `skip_rescale` and `init_scale` are
     /// NCSN++'s and are ignored.
     Ddpmpp,
+    /// LDM's ADM / openaimodel U-Net (`src/nn/adm/`): the paper's latent-diffusion system
+    /// (docs/LATENT.md §6). Conv resampling, attention after every block of an attention side with
+    /// `head_channels`-wide heads, GroupNorm with exactly `norm_max_groups` groups; `resample`,
+    /// `resample_with`, `decoder_attn`, `input_pyramid`, `skip_rescale` and `init_scale` are ignored.
+    Adm,
 }
 
 /// Multi-decoder (shared encoder) or fully separate networks per stage.
@@ -123,6 +128,12 @@ pub struct UNetConfig {
     /// Width of the augmentation-label input (EDM's `augment_dim`: 9 for EDM's CIFAR-10
     /// pipeline, 0 = none). `ddpmpp` only. Default 0.
     pub augment_dim: usize,
+    /// Channels per attention head (`adm` only: the official `num_head_channels`, 32; heads =
+    /// width / head_channels). Default 32.
+    pub head_channels: usize,
+    /// `adm` multistage only: attention blocks in decoder 0 only, reproducing the official
+    /// multi-stage LDM code (its decoder loop never resets the resolution counter). Default false.
+    pub attn_first_decoder_only: bool,
 }
 
 impl Default for UNetConfig {
@@ -148,6 +159,8 @@ impl Default for UNetConfig {
             init_scale: 0.0,
             family: Family::Ncsnpp,
             augment_dim: 0,
+            head_channels: 32,
+            attn_first_decoder_only: false,
         }
     }
 }
@@ -165,9 +178,10 @@ pub const PRESETS: &[&str] = &[
     "small-multistage-lite",
 ];
 
-/// Every preset name: NCSN++ ([`PRESETS`]) and EDM's DDPM++ ([`super::ddpmpp::PRESETS`]).
+/// Every preset name: NCSN++ ([`PRESETS`]), EDM's DDPM++ ([`super::ddpmpp::PRESETS`]) and LDM's
+/// ADM ([`super::adm::PRESETS`]).
 pub fn all_presets() -> Vec<&'static str> {
-    PRESETS.iter().chain(super::ddpmpp::PRESETS).copied().collect()
+    PRESETS.iter().chain(super::ddpmpp::PRESETS).chain(super::adm::PRESETS).copied().collect()
 }
 
 impl UNetConfig {
@@ -189,11 +203,15 @@ impl UNetConfig {
     ///   width near the data and narrower decoders for the noisier stages, so sampling costs less
     ///   than with the unified model.
     ///
-    /// EDM's DDPM++ presets ([`super::ddpmpp::PRESETS`]) are accepted too: see
-    /// [`super::ddpmpp::preset`].
+    /// EDM's DDPM++ presets ([`super::ddpmpp::PRESETS`]) and LDM's ADM presets
+    /// ([`super::adm::PRESETS`]) are accepted too: see [`super::ddpmpp::preset`] and
+    /// [`super::adm::preset`].
     pub fn preset(name: &str) -> Result<Self> {
         if super::ddpmpp::PRESETS.contains(&name) {
             return super::ddpmpp::preset(name);
+        }
+        if super::adm::PRESETS.contains(&name) {
+            return super::adm::preset(name);
         }
         let paper = Self::default();
         let small = Self {
@@ -217,6 +235,8 @@ impl UNetConfig {
             init_scale: 0.0,
             family: Family::Ncsnpp,
             augment_dim: 0,
+            head_channels: 32,
+            attn_first_decoder_only: false,
         };
         let cfg = match name {
             "cifar10-multistage" => paper,
@@ -280,9 +300,13 @@ impl UNetConfig {
         self.resolution >> level
     }
 
-    /// GroupNorm group count for `c` channels: `min(c / 4, norm_max_groups)`.
+    /// GroupNorm group count for `c` channels: `min(c / 4, norm_max_groups)` (`adm`: always
+    /// `norm_max_groups`, the official GroupNorm32).
     pub fn groups(&self, c: usize) -> usize {
-        (c / 4).min(self.norm_max_groups)
+        match self.family {
+            Family::Adm => self.norm_max_groups,
+            _ => (c / 4).min(self.norm_max_groups),
+        }
     }
 
     /// Channel widths of the encoder skip activations, in push order (the decoder pops them).
@@ -373,6 +397,9 @@ impl UNetConfig {
                 reachable.contains(r),
                 "attention resolution {r} is not reachable; level resolutions are {reachable:?}"
             );
+        }
+        if self.family == Family::Adm {
+            return super::adm::validate(self);
         }
         for c in self.norm_widths() {
             let g = self.groups(c);

@@ -9,12 +9,15 @@
 //! - [`report`]: analytic parameter counts and GFLOPs ([`report::report`]);
 //! - [`ddpmpp`]: EDM's DDPM++ family ([`ddpmpp::SongUNet`], `family = "ddpmpp"`), the network of
 //!   the paper's EDM system (docs/EDM.md);
-//! - [`Net`]: a network of either family, as [`crate::model::Network`] holds it.
+//! - [`adm`]: LDM's ADM / openaimodel U-Net ([`adm::AdmUNet`], `family = "adm"`), the network
+//!   of the paper's latent-diffusion system (docs/LATENT.md §6);
+//! - [`Net`]: a network of any family, as [`crate::model::Network`] holds it.
 //!
 //! Gradient policy: a decoder whose stage has no sample in a batch is not run, so its parameters
 //! get no gradient (undefined `grad()`); the trainer must not move them (e.g. skip them in the
 //! optimizer step, or zero-grad-and-skip).
 
+pub mod adm;
 pub mod blocks;
 pub mod config;
 pub mod ddpmpp;
@@ -23,6 +26,7 @@ pub mod layers;
 pub mod report;
 pub mod unet;
 
+pub use adm::AdmUNet;
 pub use config::{all_presets, Architecture, DecoderAttn, Family, Resample, ResampleWith, UNetConfig, PRESETS};
 pub use ddpmpp::SongUNet;
 pub use report::{report, ModelReport};
@@ -85,13 +89,39 @@ impl StagedNetwork for WithAugment<'_> {
     }
 }
 
-/// A network of either family.
+/// Checks per-sample stage ids (`[batch]`, an integer kind, each in `0..num_stages`) and groups
+/// the sample indices by stage: `groups[j]` = the samples routed to decoder j, in batch order.
+pub fn stage_groups(stage: &tch::Tensor, batch: i64, num_stages: usize) -> anyhow::Result<Vec<Vec<i64>>> {
+    use anyhow::{ensure, Context};
+    use tch::Kind;
+    ensure!(stage.size() == [batch], "stage ids must have shape [{batch}], got {:?}", stage.size());
+    ensure!(
+        matches!(stage.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8),
+        "stage ids must be an integer tensor, got {:?}",
+        stage.kind()
+    );
+    let ids: Vec<i64> =
+        Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(tch::Device::Cpu)).context("reading stage ids")?;
+    let s = num_stages as i64;
+    if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
+        anyhow::bail!("stage id {bad} out of range: the network has {s} stage(s)");
+    }
+    let mut groups: Vec<Vec<i64>> = vec![Vec::new(); num_stages];
+    for (i, &j) in ids.iter().enumerate() {
+        groups[j as usize].push(i as i64);
+    }
+    Ok(groups)
+}
+
+/// A network of any family.
 #[derive(Debug)]
 pub enum Net {
     /// score_sde's NCSN++ layout (`family = "ncsnpp"`).
     Ncsnpp(MultiStageUNet),
     /// EDM's DDPM++ (`family = "ddpmpp"`).
     Ddpmpp(SongUNet),
+    /// LDM's ADM U-Net (`family = "adm"`).
+    Adm(AdmUNet),
 }
 
 impl Net {
@@ -100,6 +130,7 @@ impl Net {
         Ok(match cfg.family {
             Family::Ncsnpp => Net::Ncsnpp(MultiStageUNet::new(vs, cfg)?),
             Family::Ddpmpp => Net::Ddpmpp(SongUNet::new(vs, cfg)?),
+            Family::Adm => Net::Adm(AdmUNet::new(vs, cfg)?),
         })
     }
 
@@ -107,6 +138,7 @@ impl Net {
         match self {
             Net::Ncsnpp(n) => n.config(),
             Net::Ddpmpp(n) => n.config(),
+            Net::Adm(n) => n.config(),
         }
     }
 
@@ -114,6 +146,7 @@ impl Net {
         match self {
             Net::Ncsnpp(n) => n.num_stages(),
             Net::Ddpmpp(n) => n.num_stages(),
+            Net::Adm(n) => n.num_stages(),
         }
     }
 
@@ -129,6 +162,7 @@ impl Net {
         match self {
             Net::Ncsnpp(n) => n.forward(x, noise_label, stage, train),
             Net::Ddpmpp(n) => n.forward(x, noise_label, stage, None, train),
+            Net::Adm(n) => n.forward(x, noise_label, stage, train),
         }
     }
 
@@ -137,6 +171,7 @@ impl Net {
         match self {
             Net::Ncsnpp(n) => n.kind(),
             Net::Ddpmpp(n) => n.kind(),
+            Net::Adm(n) => n.kind(),
         }
     }
 }
@@ -152,6 +187,7 @@ impl StagedNetwork for Net {
         match self {
             Net::Ncsnpp(n) => n.forward_staged(x, noise_label, stage, train),
             Net::Ddpmpp(n) => n.forward_staged(x, noise_label, stage, train),
+            Net::Adm(n) => n.forward_staged(x, noise_label, stage, train),
         }
     }
     fn forward_augmented(
@@ -165,11 +201,12 @@ impl StagedNetwork for Net {
         match self {
             Net::Ncsnpp(n) => n.forward_augmented(x, noise_label, stage, augment, train),
             Net::Ddpmpp(n) => n.forward_augmented(x, noise_label, stage, augment, train),
+            Net::Adm(n) => n.forward_augmented(x, noise_label, stage, augment, train),
         }
     }
     fn augment_dim(&self) -> usize {
         match self {
-            Net::Ncsnpp(_) => 0,
+            Net::Ncsnpp(_) | Net::Adm(_) => 0,
             Net::Ddpmpp(n) => StagedNetwork::augment_dim(n),
         }
     }

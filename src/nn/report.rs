@@ -263,6 +263,14 @@ pub fn report(cfg: &UNetConfig, boundaries_t: &[f64]) -> Result<ModelReport> {
                 cfg.decoder_channels.iter().map(|&d| dr::decoder_cost(cfg, d)).collect(),
             )
         }
+        Family::Adm => {
+            use super::adm::report as ar;
+            (
+                ar::embedding_cost(cfg),
+                ar::encoder_cost(cfg),
+                cfg.decoder_channels.iter().enumerate().map(|(j, &d)| ar::decoder_cost(cfg, j, d)).collect(),
+            )
+        }
     };
     enc += emb;
     let stage_params: Vec<u64> = decs.iter().map(|d| enc.params + d.params).collect();

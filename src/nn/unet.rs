@@ -8,9 +8,9 @@
 //!
 //! A stage's decoder is always under `decoder.{j}.`.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use tch::nn::Path;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use super::blocks::{AttnBlock, AttnBlockConfig, ResBlock, ResBlockConfig, Updown};
 use super::config::{Architecture, DecoderAttn, ResampleWith, UNetConfig};
@@ -311,23 +311,6 @@ impl MultiStageUNet {
         self.decoders.len()
     }
 
-    /// Copies `stage` to the host and checks it: int64 `[B]` with ids in `0..num_stages`.
-    fn stage_ids(&self, stage: &Tensor, batch: i64) -> Result<Vec<i64>> {
-        ensure!(stage.size() == [batch], "stage ids must have shape [{batch}], got {:?}", stage.size());
-        ensure!(
-            matches!(stage.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8),
-            "stage ids must be an integer tensor, got {:?}",
-            stage.kind()
-        );
-        let ids: Vec<i64> =
-            Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu)).context("reading stage ids")?;
-        let s = self.num_stages() as i64;
-        if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
-            anyhow::bail!("stage id {bad} out of range: the network has {s} stage(s)");
-        }
-        Ok(ids)
-    }
-
     /// `x: [B, C, R, R]`, `noise_label: [B]` float (the embedding input, e.g. 999 t or
     /// c_noise(sigma)), `stage: [B]` int stage ids -> `[B, C, R, R]`.
     ///
@@ -348,11 +331,7 @@ impl MultiStageUNet {
         );
         let b = sz[0];
         ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
-        let ids = self.stage_ids(stage, b)?;
-        let mut groups: Vec<Vec<i64>> = vec![Vec::new(); self.num_stages()];
-        for (i, &j) in ids.iter().enumerate() {
-            groups[j as usize].push(i as i64);
-        }
+        let groups = super::stage_groups(stage, b, self.num_stages())?;
         // All samples in one stage: no gather/scatter needed.
         if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
             return Ok(self.forward_stage(x, noise_label, j, train));

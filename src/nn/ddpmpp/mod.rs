@@ -27,9 +27,9 @@
 pub mod layers;
 pub mod report;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use tch::nn::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use self::layers::{BlockConfig, Conv, Mapping, Sampling, UNetBlock};
 use super::config::{Architecture, DecoderAttn, Family, Resample, ResampleWith, UNetConfig};
@@ -68,6 +68,8 @@ pub fn preset(name: &str) -> Result<UNetConfig> {
         init_scale: 0.0,
         family: Family::Ddpmpp,
         augment_dim: 9,
+        head_channels: 32,
+        attn_first_decoder_only: false,
     };
     let cfg = match name {
         "cifar10-edm-multistage" => edm,
@@ -393,22 +395,7 @@ impl SongUNet {
                 a.size()
             );
         }
-        ensure!(stage.size() == [b], "stage ids must have shape [{b}], got {:?}", stage.size());
-        ensure!(
-            matches!(stage.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8),
-            "stage ids must be an integer tensor, got {:?}",
-            stage.kind()
-        );
-        let ids: Vec<i64> =
-            Vec::<i64>::try_from(&stage.to_kind(Kind::Int64).to_device(Device::Cpu)).context("reading stage ids")?;
-        let s = self.num_stages() as i64;
-        if let Some(bad) = ids.iter().find(|&&j| j < 0 || j >= s) {
-            bail!("stage id {bad} out of range: the network has {s} stage(s)");
-        }
-        let mut groups: Vec<Vec<i64>> = vec![Vec::new(); self.num_stages()];
-        for (i, &j) in ids.iter().enumerate() {
-            groups[j as usize].push(i as i64);
-        }
+        let groups = super::stage_groups(stage, b, self.num_stages())?;
         if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
             return Ok(self.forward_stage(x, noise_label, augment, j, train));
         }
