@@ -12,6 +12,7 @@
 //! | [`cluster`] | timestep clustering (Algorithm 1) and the baseline splits |
 //! | [`nn`] | layers and the multi-decoder U-Net |
 //! | [`autoencoder`] | KL / VQ autoencoders for latent diffusion: LDM layout, diffusers import, training, latent caches |
+//! | [`latent`] | latent diffusion: the `[latent]` record of a run on autoencoder latents, decoding its samples |
 //! | [`model`] | a network with its variable store; a trained one loaded from a checkpoint |
 //! | [`train`] | the training step and loop, optimiser, EMA, checkpoints |
 //! | [`fid`] | Inception-v3 features and the Frechet distance |
@@ -33,6 +34,7 @@ pub mod denoiser;
 pub mod dist;
 pub mod fid;
 pub mod io;
+pub mod latent;
 pub mod model;
 pub mod nn;
 pub mod objective;

@@ -394,7 +394,8 @@ fn encode(g: &Global, a: EncodeArgs) -> Result<i32> {
         };
         let c = eval::cache_latents(
             &model,
-            &a.model.display().to_string(),
+            // Absolute, so that a latent diffusion run finds the autoencoder from anywhere.
+            &std::path::absolute(&a.model).unwrap_or_else(|_| a.model.clone()).display().to_string(),
             &ds,
             &spec,
             eval::CacheOptions { mode: a.mode, seed: a.seed, quantize: a.quantize, scale, batch: a.batch },

@@ -182,6 +182,10 @@ pub struct EvalArgs {
     /// Append the result as a JSON line to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// A model trained on latents (whose samples are decoded before the FID): its autoencoder, when
+    /// it is no longer where the run recorded it (its fingerprint must match the run's record).
+    #[arg(long)]
+    pub autoencoder: Option<PathBuf>,
 }
 
 pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
@@ -209,6 +213,8 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let r = FidStats::load(&a.reference)?;
     let net = load_net(&a.net, device)?;
     let l = Loaded::from_checkpoint(&a.checkpoint, device, !a.raw)?.with_precision(precision);
+    // A latent model's samples are decoded by its autoencoder: the FID is of the decoded images.
+    let decoder = l.latent_decoder(a.autoencoder.as_deref(), device)?;
     let (lo, hi) = match group {
         Some(gr) => {
             anyhow::ensure!(
@@ -224,7 +230,11 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
     let quiet = g.quiet || !main;
     let t0 = std::time::Instant::now();
     let bar = progress((hi - lo) as u64, "sample", quiet);
-    let (x, nfe) = l.sample(&sampler, &seeds[lo..hi], a.batch, device, |k| bar.set_position(k as u64))?;
+    let out =
+        crate::latent::sample_images(&l, decoder.as_ref(), &sampler, &seeds[lo..hi], a.batch, None, device, |k| {
+            bar.set_position(k as u64)
+        })?;
+    let (x, nfe) = (out.images, out.nfe);
     bar.finish_and_clear();
     let sample_s = t0.elapsed().as_secs_f64();
     let s = match group {
@@ -250,12 +260,13 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
         eprintln!("msdiff: warning: {w}");
     }
     println!(
-        "FID {:.4} at step {} ({} {nfe} NFE, {} weights, {}; {}; reference {})",
+        "FID {:.4} at step {} ({} {nfe} NFE, {} weights, {}{}; {}; reference {})",
         rep.fid,
         l.step,
         sampler.kind.name(),
         if a.raw { "raw" } else { "EMA" },
         precision,
+        decoder.as_ref().map(|d| format!(", latents decoded by {}", d.path.display())).unwrap_or_default(),
         describe(s.n, r.n),
         a.reference.display()
     );
@@ -266,6 +277,7 @@ pub fn run_eval(g: &Global, a: EvalArgs) -> Result<i32> {
             "ema": !a.raw, "network": fid::inception::NETWORK_NAME, "resize": fid::inception::RESIZE_NAME,
             "reference": a.reference, "sample_seconds": sample_s, "precision": precision,
             "seeds": a.seeds.clone().unwrap_or_else(|| format!("0-{}", a.n - 1)),
+            "autoencoder": decoder.as_ref().map(|d| d.path.display().to_string()),
         });
         writeln!(f, "{line}")
             .with_context(|| format!("cannot write the log {}", a.log.as_deref().unwrap_or(Path::new("")).display()))?;

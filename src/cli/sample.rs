@@ -2,6 +2,7 @@
 use super::args::{first_n_seeds, parse_seeds, progress, Global, SamplerArgs};
 use crate::data::{self, LoadOptions};
 use crate::denoiser::{Denoiser, OptimalDenoiser};
+use crate::latent::LatentDecoder;
 use crate::model::Loaded;
 use crate::process::Process;
 use anyhow::{bail, ensure, Context, Result};
@@ -44,9 +45,14 @@ pub struct SampleArgs {
     #[arg(long, value_enum, default_value_t = crate::runtime::Precision::Fp32)]
     pub precision: crate::runtime::Precision,
     /// Output folder: samples.npy (clipped to [-1, 1], what the PNGs show; fid stats/calc read it), raw.npy
-    /// (the solver's unclipped output), grid.png, images/NNNNNN.png.
+    /// (the solver's unclipped output), grid.png, images/NNNNNN.png. A model trained on latents: the
+    /// images are decoded by its autoencoder, raw.npy holds the latents.
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
+    /// A model trained on latents: the autoencoder that decodes them, when it is no longer where the
+    /// run recorded it (its fingerprint must match the run's record).
+    #[arg(long)]
+    pub autoencoder: Option<PathBuf>,
     /// Skip the individual PNGs.
     #[arg(long)]
     pub no_images: bool,
@@ -54,7 +60,7 @@ pub struct SampleArgs {
 
 enum Source {
     Optimal(OptimalDenoiser, Tensor, Process),
-    Checkpoint(Box<Loaded>),
+    Checkpoint(Box<Loaded>, Option<Box<LatentDecoder>>),
 }
 
 pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
@@ -74,24 +80,34 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     };
     // Build the denoiser.
     let source = if a.model == "optimal" {
+        ensure!(a.autoencoder.is_none(), "--autoencoder is for a model trained on latents, not for --model optimal");
         let ds = data::load(&a.data, &LoadOptions { limit: a.data_limit, ..Default::default() })?;
         eprintln!("msdiff: optimal denoiser of '{}' ({} images of {:?})", a.data, ds.len(), ds.image_shape());
         let process = a.process.config().build()?;
         Source::Optimal(OptimalDenoiser::new(&ds.images, device)?, ds.images.shallow_clone(), process)
     } else {
         let l = Loaded::from_checkpoint(Path::new(&a.model), device, !a.raw)?.with_precision(a.precision);
+        // A latent model: its autoencoder, checked before anything is sampled.
+        let decoder = l.latent_decoder(a.autoencoder.as_deref(), device)?;
         eprintln!(
             "msdiff: checkpoint at step {} ({} weights, {} stage(s))",
             l.step,
             if a.raw { "raw" } else { "EMA" },
             l.network.net.num_stages()
         );
-        Source::Checkpoint(Box::new(l))
+        if let Some(d) = &decoder {
+            eprintln!(
+                "msdiff: latent model: decoding with the autoencoder {} to {:?} images",
+                d.path.display(),
+                d.record.image_shape
+            );
+        }
+        Source::Checkpoint(Box::new(l), decoder.map(Box::new))
     };
     let model_den;
     let (den, process, item, train_set): (&dyn Denoiser, Process, Vec<i64>, Option<&Tensor>) = match &source {
         Source::Optimal(o, images, p) => (o, p.clone(), o.item_shape().to_vec(), Some(images)),
-        Source::Checkpoint(l) => {
+        Source::Checkpoint(l, _) => {
             model_den = l.denoiser()?;
             let m = &l.config.model;
             let item = vec![m.in_channels as i64, m.resolution as i64, m.resolution as i64];
@@ -122,7 +138,14 @@ pub fn run(g: &Global, a: SampleArgs) -> Result<i32> {
     if !finite {
         bail!("the samples contain NaN or infinite values; nothing was written");
     }
-    crate::io::samples::write_samples(&a.out, &x, !a.no_images)?;
+    match &source {
+        Source::Checkpoint(_, Some(d)) => {
+            // raw.npy: the solver's latents; samples.npy, the PNGs: the decoded images.
+            let images = d.decode(&x, a.batch, |_| {})?;
+            crate::io::samples::write_images_and_raw(&a.out, &images, &x, !a.no_images)?;
+        }
+        _ => crate::io::samples::write_samples(&a.out, &x, !a.no_images)?,
+    }
     println!("wrote {n} samples ({}, {nfe} NFE each) to {}", sampler.kind.name(), a.out.display());
     if let Some(train) = train_set {
         let d = crate::denoiser::optimal::nearest_distance(&x, train);

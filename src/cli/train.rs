@@ -37,6 +37,10 @@ pub struct TrainArgs {
     /// Do not write sample grids.
     #[arg(long)]
     pub no_samples: bool,
+    /// Latent data: the autoencoder that encoded the cache, when it is no longer where the cache
+    /// (or the resumed run) recorded it; like `[data] autoencoder`, and its fingerprint must match.
+    #[arg(long)]
+    pub autoencoder: Option<PathBuf>,
 }
 
 /// Load the dataset a `[data]` section names.
@@ -91,6 +95,34 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
                 bail!("{flag} {v} cannot change on resume: the run was trained with {kept}; drop {flag} (or start a new run)");
             }
         }
+    }
+    if a.config.is_none() {
+        if let Some(rec) = &cfg.latent {
+            // Resumed from the checkpoint's record: the cache must still hold the latents it trained on.
+            let now = crate::latent::LatentConfig::resolve(&cfg.data.spec, None, Path::new("."))?;
+            if !now.as_ref().is_some_and(|n| n.same_latents(rec)) {
+                bail!(
+                    "the latent cache {} changed since this run started (another autoencoder, scale or shape than its [latent] record): restore the cache the run trained on, or start a new run",
+                    rec.cache
+                );
+            }
+        }
+    }
+    match (cfg.latent.as_mut(), &a.autoencoder) {
+        (Some(rec), Some(p)) => {
+            rec.autoencoder = std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()
+        }
+        (None, Some(p)) => bail!(
+            "--autoencoder {} is for latent data (spec = \"latents:FILE\"), but this run trains on '{}'",
+            p.display(),
+            cfg.data.spec
+        ),
+        _ => {}
+    }
+    if let Some(rec) = &cfg.latent {
+        // The autoencoder is checked before anything is printed or written (the trainer checks it
+        // again on its device); a dry run checks it too.
+        crate::latent::LatentDecoder::load(rec, None, &cfg.model, tch::Device::Cpu, crate::latent::Use::Train)?;
     }
     if let Some(s) = a.steps {
         cfg.train.steps = s;

@@ -20,7 +20,8 @@ pub const FORMAT: &str = "msdiff-latents/1";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoencoderRecord {
-    /// The `--model` path as given.
+    /// The `--model` path, made absolute by `msdiff autoencoder encode` (caches written before
+    /// that hold it as given).
     pub path: String,
     /// The weights fingerprint (`msdiff::autoencoder::model::fingerprint`).
     pub fingerprint: String,
@@ -124,31 +125,43 @@ impl LatentCache {
         })
     }
 
+    /// The cache's [`LatentInfo`] and the shape `[N, E, h, w]` of its latents, read from the
+    /// header alone (the tensors are not read): what a latent run records about its data.
+    pub fn read_info(path: &Path) -> Result<(LatentInfo, [i64; 4])> {
+        use std::io::Read;
+        let p = path.display();
+        let mut f = std::fs::File::open(path).with_context(|| format!("cannot read latent cache {p}"))?;
+        let len = f.metadata().with_context(|| format!("cannot read latent cache {p}"))?.len();
+        let mut head = [0u8; 8];
+        f.read_exact(&mut head).map_err(|_| not_cache(path, "too short".into()))?;
+        let hlen = u64::from_le_bytes(head);
+        ensure!(hlen <= len - 8 && hlen <= 100 << 20, not_cache(path, "not safetensors".into()));
+        let mut bytes = vec![0u8; 8 + hlen as usize];
+        bytes[..8].copy_from_slice(&head);
+        f.read_exact(&mut bytes[8..]).with_context(|| format!("cannot read latent cache {p}"))?;
+        let (header, info) = parse_header(path, &bytes)?;
+        let shape: Vec<i64> = serde_json::from_value(header["latents"]["shape"].clone())
+            .map_err(|_| not_cache(path, "no latents tensor".into()))?;
+        let shape: [i64; 4] = shape
+            .try_into()
+            .ok()
+            .filter(|s: &[i64; 4]| s.iter().all(|d| *d > 0))
+            .ok_or_else(|| not_cache(path, "latents are not a non-empty [N, E, h, w] array".into()))?;
+        ensure!(
+            info.channel_mean.len() as i64 == shape[1],
+            not_cache(path, "statistics do not match the latent channels".into())
+        );
+        Ok((info, shape))
+    }
+
     /// Read a cache written by [`LatentCache::save`]; any other file is a one-line error.
     pub fn load(path: &Path) -> Result<LatentCache> {
         let p = path.display();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read latent cache {p}"))?;
-        let not_cache = |why: String| {
-            anyhow::anyhow!("{p} is not an msdiff latent cache ({why}); make one with `msdiff autoencoder encode --data D --out FILE.safetensors`")
-        };
-        ensure!(bytes.len() >= 8, not_cache("too short".into()));
-        let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        ensure!(hlen <= bytes.len() - 8, not_cache("not safetensors".into()));
-        let header: serde_json::Value =
-            serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| not_cache(format!("not safetensors: {e}")))?;
-        let meta = &header["__metadata__"];
-        ensure!(
-            meta["format"].as_str() == Some(FORMAT),
-            not_cache(format!("metadata format {}, expected \"{FORMAT}\"", meta["format"]))
-        );
-        let info: LatentInfo = serde_json::from_str(meta["info"].as_str().unwrap_or(""))
-            .map_err(|e| not_cache(format!("bad info metadata: {e}")))?;
-        ensure!(
-            info.scale_factor.is_finite() && info.scale_factor > 0.0,
-            not_cache(format!("scale_factor {} is not > 0", info.scale_factor))
-        );
-        ensure!(info.shift_factor.is_finite(), not_cache("shift_factor is not finite".into()));
-        let data = &bytes[8 + hlen..];
+        let not_cache = |why: String| not_cache(path, why);
+        let (header, info) = parse_header(path, &bytes)?;
+        let hlen = bytes.len().min(8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize);
+        let data = &bytes[hlen..];
         let span = |name: &str, dtype: &str, width: usize| -> Result<Option<(Vec<i64>, &[u8])>> {
             let Some(e) = header.get(name) else { return Ok(None) };
             ensure!(e["dtype"] == dtype, not_cache(format!("tensor {name} is {}, expected {dtype}", e["dtype"])));
@@ -207,6 +220,38 @@ impl LatentCache {
         );
         Ok(())
     }
+}
+
+fn not_cache(path: &Path, why: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not an msdiff latent cache ({why}); make one with `msdiff autoencoder encode --data D --out FILE.safetensors`",
+        path.display()
+    )
+}
+
+/// The safetensors header (JSON) and the cache's [`LatentInfo`] from the first bytes of `bytes`
+/// (at least the 8-byte length and the header).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, LatentInfo)> {
+    let not_cache = |why: String| not_cache(path, why);
+    ensure!(bytes.len() >= 8, not_cache("too short".into()));
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    ensure!(hlen <= (bytes.len() - 8) as u64, not_cache("not safetensors".into()));
+    let hlen = hlen as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| not_cache(format!("not safetensors: {e}")))?;
+    let meta = &header["__metadata__"];
+    ensure!(
+        meta["format"].as_str() == Some(FORMAT),
+        not_cache(format!("metadata format {}, expected \"{FORMAT}\"", meta["format"]))
+    );
+    let info: LatentInfo = serde_json::from_str(meta["info"].as_str().unwrap_or(""))
+        .map_err(|e| not_cache(format!("bad info metadata: {e}")))?;
+    ensure!(
+        info.scale_factor.is_finite() && info.scale_factor > 0.0,
+        not_cache(format!("scale_factor {} is not > 0", info.scale_factor))
+    );
+    ensure!(info.shift_factor.is_finite(), not_cache("shift_factor is not finite".into()));
+    Ok((header, info))
 }
 
 /// The dataset spec `latents:FILE`.

@@ -12,11 +12,24 @@ use tch::Tensor;
 /// Each file is written atomically; numbered images left in `images/` by an earlier call with
 /// more samples are removed.
 pub fn write_samples(dir: &Path, x: &Tensor, images: bool) -> Result<()> {
+    write_images_and_raw(dir, &x.clamp(-1.0, 1.0), x, images)
+}
+
+/// [`write_samples`] when the pictures are not the solver's output clipped: `clamped` (images in
+/// [-1, 1], `[N, C, H, W]`) becomes `samples.npy`, `grid.png` and `images/`, `raw` (any shape with
+/// N first: a latent model's unclipped latents) becomes `raw.npy`.
+pub fn write_images_and_raw(dir: &Path, clamped: &Tensor, raw: &Tensor, images: bool) -> Result<()> {
     super::atomic::ensure_dir(dir)?;
-    let clamped = x.clamp(-1.0, 1.0);
+    let clamped = clamped.clamp(-1.0, 1.0);
+    anyhow::ensure!(
+        raw.size().first() == clamped.size().first(),
+        "{} images but {} raw samples",
+        clamped.size()[0],
+        raw.size().first().copied().unwrap_or(0)
+    );
     super::npy::write_npy(&dir.join("samples.npy"), &clamped)?;
-    super::npy::write_npy(&dir.join("raw.npy"), x)?;
-    let n = x.size()[0] as usize;
+    super::npy::write_npy(&dir.join("raw.npy"), raw)?;
+    let n = clamped.size()[0] as usize;
     let cols = (n as f64).sqrt().ceil() as usize;
     super::image::write_grid(&dir.join("grid.png"), &clamped, cols.max(1), 2)?;
     if images {

@@ -208,6 +208,15 @@ impl StageSampler {
             .collect()
     }
 
+    /// A discrete DDPM process: the steps n (t = (n+1)/N) stage j trains on, in order (`None` for
+    /// a continuous process).
+    pub fn discrete_steps(&self, j: usize) -> Option<Vec<usize>> {
+        match &self.process {
+            Process::Ddpm(p) if j < self.sigma_bounds.len() => Some(self.ddpm_steps(j, p.steps())),
+            _ => None,
+        }
+    }
+
     fn pick_stage(&self, rng: &mut Rng) -> usize {
         let u = rng.uniform();
         let mut acc = 0.0;

@@ -43,11 +43,16 @@ pub struct DataConfig {
     pub limit: usize,
     /// Random horizontal flips. Default false (digits and shapes are not flip-symmetric).
     pub flip: bool,
+    /// Latent data (`spec = "latents:FILE"`) only: the autoencoder folder that encoded the cache,
+    /// when it is no longer where the cache recorded it (relative paths are relative to the config
+    /// file). Default: the cache's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoencoder: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { spec: "builtin".into(), resolution: 16, count: 10_000, limit: 0, flip: false }
+        DataConfig { spec: "builtin".into(), resolution: 16, count: 10_000, limit: 0, flip: false, autoencoder: None }
     }
 }
 
@@ -59,6 +64,10 @@ pub struct StagesConfig {
     pub split: Option<PathBuf>,
     /// Explicit cuts in t of the VP-SDE (beta 0.1..20), increasing, in (0, 1).
     pub boundaries_t: Option<Vec<f64>>,
+    /// Explicit cuts as steps n of the run's discrete DDPM process (`[process] kind = "ddpm"`),
+    /// increasing, in 1..=N-2: `[442, 631]` gives stage 0 = steps 0..441, stage 1 = 442..630,
+    /// stage 2 = 631..N-1 (the official LDM routing `t < 442 -> 0, < 631 -> 1, else 2`).
+    pub boundaries_step: Option<Vec<u64>>,
     /// Compute the cuts at start: `uniform`, `snr` or `timestep` (use `msdiff cluster` for
     /// `optimal` and `gradient`).
     pub method: Option<Method>,
@@ -131,6 +140,10 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields)]
 pub struct ResolvedConfig {
     pub data: DataConfig,
+    /// Latent data (`latents:FILE`): the cache and the autoencoder that decodes the samples
+    /// (absent for pixel data and in configurations written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<crate::latent::LatentConfig>,
     pub model: UNetConfig,
     pub process: ProcessConfig,
     pub prediction: Prediction,
@@ -173,8 +186,15 @@ impl TrainConfig {
 
     /// Resolve presets and the split. `base_dir` anchors relative split paths; `image_shape` is
     /// the dataset's `[C, H, W]`.
+    ///
+    /// Latent data (`latents:FILE`) adds the `[latent]` record from the cache's header (the
+    /// autoencoder itself is loaded and checked when training starts).
     pub fn resolve(&self, base_dir: &Path, image_shape: [i64; 3]) -> Result<ResolvedConfig> {
-        let model = resolve_model(&self.model, image_shape)?;
+        let latent = crate::latent::LatentConfig::resolve(&self.data.spec, self.data.autoencoder.as_deref(), base_dir)?;
+        let described = latent
+            .as_ref()
+            .map(|l| format!("the latents of {} (encoded by the autoencoder {})", self.data.spec, l.autoencoder));
+        let model = resolve_model_of(&self.model, image_shape, described.as_deref())?;
         let process = self.process.build()?;
         let prediction = self.prediction.unwrap_or(match process {
             crate::process::Process::Edm(_) => {
@@ -183,7 +203,7 @@ impl TrainConfig {
             _ => Prediction::Eps,
         });
         let stages = model.num_stages();
-        let split = resolve_split(&self.stages, base_dir, stages)?;
+        let split = resolve_split(&self.stages, base_dir, stages, &self.process)?;
         let mut train = self.train.clone();
         if train.sampler.is_none() {
             train.sampler = Some(match process {
@@ -193,6 +213,7 @@ impl TrainConfig {
         }
         let r = ResolvedConfig {
             data: self.data.clone(),
+            latent,
             model,
             process: self.process.clone(),
             prediction,
@@ -341,6 +362,12 @@ pub fn declared_shape(table: &toml::Table) -> Result<[i64; 3]> {
 /// A `[model]` table -> full layout: preset first, then overrides; `in_channels` and
 /// `resolution` follow the dataset unless set explicitly (then they must agree).
 pub fn resolve_model(table: &toml::Table, image_shape: [i64; 3]) -> Result<UNetConfig> {
+    resolve_model_of(table, image_shape, None)
+}
+
+/// [`resolve_model`] for data that `latents` describes (e.g. "the latents of latents:z.safetensors
+/// (encoded by the autoencoder AE)"), named in the errors about channels and size.
+fn resolve_model_of(table: &toml::Table, image_shape: [i64; 3], latents: Option<&str>) -> Result<UNetConfig> {
     let mut t = table.clone();
     let base = match t.remove("preset") {
         Some(toml::Value::String(p)) => UNetConfig::preset(&p)?,
@@ -357,6 +384,19 @@ pub fn resolve_model(table: &toml::Table, image_shape: [i64; 3]) -> Result<UNetC
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid [model] section: {}", e.message().trim()))?;
     let (c, h, w) = (image_shape[0] as usize, image_shape[1] as usize, image_shape[2] as usize);
+    if let Some(what) = latents {
+        ensure!(h == w, "the U-Net needs square inputs, but {what} are {h}x{w}");
+        ensure!(
+            !explicit_c || cfg.in_channels == c,
+            "model.in_channels = {} but {what} have {c} channel(s): the U-Net takes the latents, so leave model.in_channels out (it follows them) or set it to {c}",
+            cfg.in_channels
+        );
+        ensure!(
+            !explicit_r || cfg.resolution == h,
+            "model.resolution = {} but {what} are {h}x{h}: the U-Net takes the latents, so leave model.resolution out (it follows them) or set it to {h}",
+            cfg.resolution
+        );
+    }
     ensure!(h == w, "images must be square for this U-Net (got {h}x{w})");
     if explicit_c {
         ensure!(cfg.in_channels == c, "model.in_channels = {} but the dataset has {c} channel(s)", cfg.in_channels);
@@ -370,9 +410,12 @@ pub fn resolve_model(table: &toml::Table, image_shape: [i64; 3]) -> Result<UNetC
     Ok(cfg)
 }
 
-fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Option<Split>> {
-    let set = [s.split.is_some(), s.boundaries_t.is_some(), s.method.is_some()].iter().filter(|b| **b).count();
-    ensure!(set <= 1, "set only one of stages.split, stages.boundaries_t and stages.method");
+fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize, process: &ProcessConfig) -> Result<Option<Split>> {
+    let set = [s.split.is_some(), s.boundaries_t.is_some(), s.boundaries_step.is_some(), s.method.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    ensure!(set <= 1, "set only one of stages.split, stages.boundaries_t, stages.boundaries_step and stages.method");
     if stages == 1 {
         ensure!(set == 0, "a one-decoder (unified) model takes no [stages] boundaries");
         return Ok(None);
@@ -384,6 +427,8 @@ fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Opt
         // Keep the run record compact: the curves stay in the split file.
         sp.details = serde_json::json!({"source": path.display().to_string()});
         sp
+    } else if let Some(steps) = &s.boundaries_step {
+        split_from_steps(steps, process)?
     } else if let Some(b) = &s.boundaries_t {
         Split::from_t(Method::Uniform, b.clone(), &vp).map(|mut sp| {
             sp.details = serde_json::json!({"source": "explicit boundaries_t"});
@@ -406,4 +451,31 @@ fn resolve_split(s: &StagesConfig, base_dir: &Path, stages: usize) -> Result<Opt
         split.stages
     );
     Ok(Some(split))
+}
+
+/// `stages.boundaries_step`: cuts as steps n of the run's discrete DDPM process (N steps, step n at
+/// t = (n+1)/N). The cut at step n is sigma of step n, so that the stage sampler's half-open
+/// `[lo, hi)` in sigma gives stage j exactly the steps from cut j-1 to cut j - 1, as LDM routes.
+fn split_from_steps(steps: &[u64], process: &ProcessConfig) -> Result<Split> {
+    let ProcessConfig::Ddpm { steps: n, .. } = process else {
+        bail!(
+            "stages.boundaries_step are steps of a discrete DDPM process, but [process] kind = \"{}\"; set [process] kind = \"ddpm\" or give the cuts as stages.boundaries_t",
+            process.build().map(|p| p.name()).unwrap_or("?")
+        );
+    };
+    let n = *n as u64;
+    ensure!(!steps.is_empty(), "stages.boundaries_step is empty; give the K-1 cuts, e.g. [442, 631]");
+    for (i, &k) in steps.iter().enumerate() {
+        ensure!(
+            (1..=n.saturating_sub(2)).contains(&k),
+            "stages.boundaries_step = {steps:?}: step {k} is outside 1..={} (the process has {n} steps, 0..{})",
+            n.saturating_sub(2),
+            n - 1
+        );
+        ensure!(i == 0 || steps[i - 1] < k, "stages.boundaries_step = {steps:?} must be strictly increasing");
+    }
+    let cuts = steps.iter().map(|&k| (k + 1) as f64 / n as f64).collect();
+    let mut sp = Split::from_t(Method::Uniform, cuts, process)?;
+    sp.details = serde_json::json!({"source": "explicit boundaries_step", "boundaries_step": steps});
+    Ok(sp)
 }

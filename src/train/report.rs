@@ -5,10 +5,12 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
-/// Sample a grid with the EMA weights: `samples/step-N.png`.
+/// Sample a grid with the EMA weights: `samples/step-N.png`. A latent run passes its
+/// autoencoder (`decoder`): the grid shows the decoded images.
 pub fn write_samples(
     cfg: &ResolvedConfig,
     ema_net: &Network,
+    decoder: Option<&crate::latent::LatentDecoder>,
     run_dir: &Path,
     step: u64,
     device: Device,
@@ -23,7 +25,11 @@ pub fn write_samples(
         crate::sampler::sample_seeds(&sampler, &den, &objective.process, &shape, &seeds, n, None, device, |_| {})?;
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
     let cols = (n as f64).sqrt().ceil() as usize;
-    crate::io::image::write_grid(&path, &out.x.clamp(-1.0, 1.0).to_device(Device::Cpu), cols, 2)?;
+    let images = match decoder {
+        Some(d) => d.decode(&out.x, n, |_| {})?,
+        None => out.x.clamp(-1.0, 1.0).to_device(Device::Cpu),
+    };
+    crate::io::image::write_grid(&path, &images, cols, 2)?;
     Ok(path)
 }
 

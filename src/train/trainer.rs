@@ -88,6 +88,14 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
         cfg.model.resolution
     );
     let device = opts.device;
+    // A latent run: its autoencoder must be where the run says and must be the one that encoded
+    // the latents (checked now, not at the first sample grid); it only decodes the grids.
+    let decoder = match &cfg.latent {
+        Some(rec) => {
+            Some(crate::latent::LatentDecoder::load(rec, None, &cfg.model, device, crate::latent::Use::Train)?)
+        }
+        None => None,
+    };
     let objective = cfg.build_objective()?;
     let t = &cfg.train;
     let group = crate::dist::current();
@@ -261,7 +269,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
             last_ckpt = Some(state.save(&ckpt_dir, cfg)?);
         }
         if main && opts.write_samples && t.sample_every > 0 && s % t.sample_every == 0 && s != t.steps {
-            write_samples(cfg, &state.ema, &opts.run_dir, s, device)?;
+            write_samples(cfg, &state.ema, decoder.as_ref(), &opts.run_dir, s, device)?;
         }
     }
     state.check_ranks_agree()?;
@@ -273,7 +281,7 @@ pub fn train(cfg: &ResolvedConfig, data: &Dataset, opts: &TrainOptions) -> Resul
     bar.finish_and_clear();
     let step = state.step;
     if main && opts.write_samples && !interrupted {
-        write_samples(cfg, &state.ema, &opts.run_dir, step, device)?;
+        write_samples(cfg, &state.ema, decoder.as_ref(), &opts.run_dir, step, device)?;
     }
     if main && !interrupted {
         let _ = plot_losses(&opts.run_dir);
@@ -320,8 +328,15 @@ fn check_resumable(old: &ResolvedConfig, new: &ResolvedConfig) -> Result<()> {
         serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
     }
     let stages = |c: &ResolvedConfig| c.split.as_ref().map(|s| s.boundaries_t.clone());
+    // The autoencoder's path may change (files move); the latents it made may not.
+    let data = |c: &ResolvedConfig| crate::train::config::DataConfig { autoencoder: None, ..c.data.clone() };
+    let latents = match (&old.latent, &new.latent) {
+        (Some(a), Some(b)) => !a.same_latents(b),
+        (a, b) => a.is_some() != b.is_some(),
+    };
     let pairs = [
-        ("data", differs(&old.data, &new.data)),
+        ("data", differs(&data(old), &data(new))),
+        ("latent", latents),
         ("model", differs(&old.model, &new.model)),
         ("process", differs(&old.process, &new.process)),
         ("prediction", differs(&old.prediction, &new.prediction)),
