@@ -139,6 +139,8 @@ fn a_latent_run_trains_resumes_samples_and_evaluates_decoded_images() {
     let c = msdiff::data::latents::LatentCache::load(&cache).unwrap();
     assert_eq!((rec.scale_factor, rec.shift_factor), (c.info.scale_factor, c.info.shift_factor));
     assert_eq!((cfg.model.in_channels, cfg.model.resolution), (2, 8));
+    // The network follows the latents whatever shape a caller declares (`msdiff info --config`).
+    assert_eq!(tc.resolve(&d, [1, 16, 16]).unwrap(), cfg);
     // It survives TOML (config.toml, checkpoints), and a configuration without it still loads.
     let back: ResolvedConfig = toml::from_str(&cfg.to_toml()).unwrap();
     assert_eq!(back.latent, cfg.latent);
@@ -349,4 +351,44 @@ fn latent_only_keys_are_refused_on_pixel_data() {
     // A cache that is not there is one line naming it.
     let tc = TrainConfig::from_toml("[data]\nspec = \"latents:/nonexistent/z.safetensors\"\n", "test").unwrap();
     assert_one_line(tc.resolve(Path::new("."), [2, 8, 8]).unwrap_err(), &["/nonexistent/z.safetensors"]);
+    // A pixel-space model decodes nothing and refuses --autoencoder.
+    let (cfg, ds) = common::setup("steps = 1");
+    let run = common::tmp("latent-pixel");
+    let out = msdiff::train::trainer::train(&cfg, &ds, &common::opts(&run, None, None)).unwrap();
+    let l = msdiff::model::Loaded::from_checkpoint(&out.checkpoint, Device::Cpu, true).unwrap();
+    assert!(l.config.latent.is_none() && l.latent_decoder(None, Device::Cpu).unwrap().is_none());
+    let e = l.latent_decoder(Some(Path::new("ae")), Device::Cpu).err().unwrap();
+    assert_one_line(e, &["--autoencoder", "trained on latents", "builtin"]);
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+/// A VQ autoencoder's latents decode through its codebook, and a cache that recorded its
+/// autoencoder by a relative path finds it beside the cache.
+#[test]
+fn a_vq_run_decodes_through_the_codebook_and_relative_records_resolve_beside_the_cache() {
+    use msdiff::autoencoder::eval::{cache_latents, CacheOptions, Scale};
+    use msdiff::autoencoder::EncodeMode;
+    use msdiff::latent::{LatentDecoder, Use};
+    let d = common::tmp("latent-vq");
+    let ae = d.join("vq-ae-beside");
+    let m = AutoencoderModel::new(&AutoencoderConfig::preset("tiny-vq").unwrap(), 2, Device::Cpu, "test").unwrap();
+    m.save(&ae).unwrap();
+    let ds = msdiff::data::load("builtin", &msdiff::data::LoadOptions { count: 16, ..Default::default() }).unwrap();
+    let opts = CacheOptions { mode: EncodeMode::Mean, seed: 0, quantize: false, scale: Scale::Given(0.5), batch: 8 };
+    // Recorded as a bare relative name (as caches before absolute records hold it).
+    let cache = cache_latents(&m, "vq-ae-beside", &ds, "builtin", opts, |_| {}).unwrap();
+    cache.save(&d.join("z.safetensors")).unwrap();
+    let tc = TrainConfig::from_toml(&config(&d.join("z.safetensors"), "", ""), "test").unwrap();
+    let cfg = tc.resolve(&d, [2, 8, 8]).unwrap();
+    let rec = cfg.latent.clone().unwrap();
+    assert_eq!((rec.vq, rec.autoencoder.clone(), rec.scale_factor), (true, s(&ae), 0.5));
+    let dec = LatentDecoder::load(&rec, None, &cfg.model, Device::Cpu, Use::Sample).unwrap();
+    let x = msdiff::rng::Rng::new(1).randn(&[3, 2, 8, 8], Kind::Float);
+    let z = &x / 0.5 + rec.shift_factor;
+    let got = dec.decode(&x, 3, |_| {}).unwrap();
+    let quantised = m.decode(&z, false, 3, |_| {}).unwrap().clamp(-1.0, 1.0);
+    assert!(rel_err(&got, &quantised) < 1e-6, "{:.2e}", rel_err(&got, &quantised));
+    let not = m.decode(&z, true, 3, |_| {}).unwrap().clamp(-1.0, 1.0);
+    assert!(rel_err(&got, &not) > 1e-3, "VQ decoding must quantise");
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -97,15 +97,16 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
         }
     }
     if a.config.is_none() {
-        if let Some(rec) = &cfg.latent {
-            // Resumed from the checkpoint's record: the cache must still hold the latents it trained on.
-            let now = crate::latent::LatentConfig::resolve(&cfg.data.spec, None, Path::new("."))?;
-            if !now.as_ref().is_some_and(|n| n.same_latents(rec)) {
-                bail!(
-                    "the latent cache {} changed since this run started (another autoencoder, scale or shape than its [latent] record): restore the cache the run trained on, or start a new run",
-                    rec.cache
-                );
-            }
+        // Resumed from the checkpoint's record: the cache must still hold the latents it trained on.
+        let now = crate::latent::LatentConfig::resolve(&cfg.data.spec, None, Path::new("."))?;
+        match &cfg.latent {
+            Some(rec) if !now.as_ref().is_some_and(|n| n.same_latents(rec)) => bail!(
+                "the latent cache {} changed since this run started (another autoencoder, scale or shape than its [latent] record): restore the cache the run trained on, or start a new run",
+                rec.cache
+            ),
+            Some(_) => {}
+            // A latent run from before the [latent] record existed gains it.
+            None => cfg.latent = now,
         }
     }
     match (cfg.latent.as_mut(), &a.autoencoder) {

@@ -4,14 +4,14 @@
 //!
 //! ```toml
 //! [data]            # what to train on
-//! spec = "builtin"  # builtin | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR | FILE.npy
+//! spec = "builtin"  # builtin | mnist:DIR | fashion-mnist:DIR | cifar10:DIR | folder:DIR | FILE.npy | latents:FILE
 //! [model]           # a network preset plus any UNetConfig field to override
 //! preset = "small-multistage"
 //! [process]         # vp (default) | ddpm | edm
 //! kind = "vp"
 //! [prediction]      # eps (default for vp/ddpm) | x0 | v | edm (default for edm)
 //! [objective]       # stage policy and weights, t_min, EDM's P_mean/P_std
-//! [stages]          # split = "split.json" | boundaries_t = [..] | method = "uniform" | "snr"
+//! [stages]          # split = "split.json" | boundaries_t = [..] | boundaries_step = [..] | method = "uniform" | "snr"
 //! [optim]           # Adam/AdamW, lr, warm-up, clipping
 //! [ema]             # decay or half_life_images (+ EDM's rampup_ratio)
 //! [augment]         # EDM's augmentation: p = 0.12 (EDM's CIFAR-10 recipe), off by default
@@ -188,12 +188,16 @@ impl TrainConfig {
     /// the dataset's `[C, H, W]`.
     ///
     /// Latent data (`latents:FILE`) adds the `[latent]` record from the cache's header (the
-    /// autoencoder itself is loaded and checked when training starts).
+    /// autoencoder itself is loaded and checked when training starts), and the network is sized
+    /// from the cache's latent shape rather than `image_shape`.
     pub fn resolve(&self, base_dir: &Path, image_shape: [i64; 3]) -> Result<ResolvedConfig> {
         let latent = crate::latent::LatentConfig::resolve(&self.data.spec, self.data.autoencoder.as_deref(), base_dir)?;
         let described = latent
             .as_ref()
             .map(|l| format!("the latents of {} (encoded by the autoencoder {})", self.data.spec, l.autoencoder));
+        // The network takes the latents, whatever shape the caller declared (`msdiff info --config`
+        // passes the [model] table's own).
+        let image_shape = latent.as_ref().map_or(image_shape, |l| l.latent_shape);
         let model = resolve_model_of(&self.model, image_shape, described.as_deref())?;
         let process = self.process.build()?;
         let prediction = self.prediction.unwrap_or(match process {

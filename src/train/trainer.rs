@@ -332,7 +332,9 @@ fn check_resumable(old: &ResolvedConfig, new: &ResolvedConfig) -> Result<()> {
     let data = |c: &ResolvedConfig| crate::train::config::DataConfig { autoencoder: None, ..c.data.clone() };
     let latents = match (&old.latent, &new.latent) {
         (Some(a), Some(b)) => !a.same_latents(b),
-        (a, b) => a.is_some() != b.is_some(),
+        // A run from before the [latent] record existed may gain it (the data spec is compared).
+        (None, _) => false,
+        (Some(_), None) => true,
     };
     let pairs = [
         ("data", differs(&data(old), &data(new))),
