@@ -564,6 +564,35 @@ fn sample_output_feeds_fid_stats() {
     assert!(stats.is_file());
 }
 
+/// `fid stats --pad 2` (Fashion-MNIST's 28x28 against a latent model's decoded 32x32) scores exactly
+/// the images padded with -1, as `autoencoder encode --pad` pads them.
+#[test]
+fn fid_stats_pads_the_dataset() {
+    let Some(weights) = fid_weights() else { return };
+    let d = tmp("fid-pad");
+    let ds =
+        msdiff::data::load("builtin", &msdiff::data::LoadOptions { limit: Some(3), ..Default::default() }).unwrap();
+    let padded = msdiff::autoencoder::eval::pad_images(&ds.images, 2);
+    assert_eq!(padded.size()[2], ds.images.size()[2] + 4);
+    msdiff::io::npy::write_npy(&d.join("p.npy"), &padded).unwrap();
+    let stats = |src: &[&str], out: &str| {
+        let mut a = vec!["fid", "stats", "--weights", weights.to_str().unwrap(), "--out"];
+        let out = d.join(out);
+        a.push(out.to_str().unwrap());
+        a.extend_from_slice(src);
+        let o = msdiff(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        tch::Tensor::read_safetensors(&out).unwrap()
+    };
+    let a = stats(&["--data", "builtin", "--limit", "3", "--pad", "2"], "a.safetensors");
+    let b = stats(&["--images", d.join("p.npy").to_str().unwrap()], "b.safetensors");
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// `msdiff val-loss`: one JSON line per checkpoint with --all, the same scores for the same seed,
 /// and one-line errors for a one-stage model without intervals and for bad cuts.
 #[test]

@@ -27,6 +27,10 @@ pub struct Source {
     /// Use at most this many images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Pad every image by this many pixels on each side with -1 (black), e.g. 2 to compare Fashion-MNIST's
+    /// 28x28 images with the 32x32 images of a model trained on them padded (a latent model's autoencoder).
+    #[arg(long, default_value_t = 0)]
+    pub pad: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -87,7 +91,11 @@ fn load_images(s: &Source) -> Result<(Tensor, String)> {
         s.limit.is_none_or(|l| l >= 2),
         "--limit must be at least 2 (FID statistics need 2 or more images)"
     );
+    anyhow::ensure!(s.pad <= 4096, "--pad {} is too large", s.pad);
     let ds = data::load(&spec, &LoadOptions { limit: s.limit, ..Default::default() })?;
+    if s.pad > 0 {
+        return Ok((crate::autoencoder::eval::pad_images(&ds.images, s.pad), format!("{name} padded by {}", s.pad)));
+    }
     Ok((ds.images, name))
 }
 
