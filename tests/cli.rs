@@ -586,9 +586,14 @@ fn fid_stats_pads_the_dataset() {
     };
     let a = stats(&["--data", "builtin", "--limit", "3", "--pad", "2"], "a.safetensors");
     let b = stats(&["--images", d.join("p.npy").to_str().unwrap()], "b.safetensors");
+    // The same images through the same network in two processes: equal up to the order of
+    // libtorch's float32 reductions (bit-equal on a quiet machine; once off in the last bits under
+    // load), far below what a pixel of padding changes (the features of the unpadded images differ O(1)).
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs");
+        let scale = tb.abs().max().double_value(&[]);
+        let d = (ta - tb).abs().max().double_value(&[]);
+        assert!(d <= 1e-5 * scale, "{na} differs by {d} (scale {scale})");
     }
     std::fs::remove_dir_all(&d).ok();
 }
