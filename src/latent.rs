@@ -164,7 +164,7 @@ impl LatentDecoder {
             }
         }
         let model = AutoencoderModel::load(&path, device)
-            .map_err(|e| anyhow::anyhow!("cannot load the autoencoder of latent run ({e:#})"))?;
+            .map_err(|e| anyhow::anyhow!("cannot load the autoencoder of this latent run: {e:#}"))?;
         let cfg = model.config();
         let f = cfg.factor() as i64;
         let [_, h, w] = record.image_shape;

@@ -480,6 +480,8 @@ fn split_from_steps(steps: &[u64], process: &ProcessConfig) -> Result<Split> {
     }
     let cuts = steps.iter().map(|&k| (k + 1) as f64 / n as f64).collect();
     let mut sp = Split::from_t(Method::Uniform, cuts, process)?;
+    // Exactly the steps given (N t - 1 in floating point may be off by an ulp).
+    sp.boundaries_ddpm_step = steps.iter().map(|&k| k as f64).collect();
     sp.details = serde_json::json!({"source": "explicit boundaries_step", "boundaries_step": steps});
     Ok(sp)
 }
