@@ -177,6 +177,12 @@ fn a_latent_run_trains_resumes_samples_and_evaluates_decoded_images() {
         assert_eq!(png_size(&run.join(format!("samples/step-{step:08}.png"))), four(16), "step {step}");
     }
 
+    // val-loss scores held-out latents of the same autoencoder and scale, not images.
+    let spec = format!("latents:{}", s(&cache));
+    ok(msdiff(&["val-loss", "--checkpoint", &s(&run), "--data", &spec, "--limit", "8"]));
+    let o = msdiff(&["val-loss", "--checkpoint", &s(&run), "--data", "builtin", "--limit", "8"]);
+    assert_user_error(&o, &["trained on latents", "--scale-factor"]);
+
     // msdiff sample: decoded images (samples.npy, PNGs), latents in raw.npy.
     let out = d.join("samples");
     let sample = |extra: &[&str]| {

@@ -85,6 +85,9 @@ pub fn run(g: &Global, a: ValLossArgs) -> Result<i32> {
     };
     for ckpt in checkpoints {
         let l = Loaded::from_checkpoint(&ckpt, device, !a.raw)?;
+        if let Some(rec) = &l.config.latent {
+            check_held_out_latents(&a.data, rec)?;
+        }
         let [c, h, w] = ds.image_shape();
         let m = &l.config.model;
         ensure!(
@@ -132,4 +135,31 @@ pub fn run(g: &Global, a: ValLossArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A model trained on latents is scored on held-out latents of the same autoencoder, shifted and
+/// scaled as its training latents were.
+fn check_held_out_latents(spec: &str, rec: &crate::latent::LatentConfig) -> Result<()> {
+    let how = format!(
+        "encode the held-out images with `msdiff autoencoder encode --model {} --data D --scale-factor {} --out FILE.safetensors` and give --data latents:FILE",
+        rec.autoencoder, rec.scale_factor
+    );
+    match crate::latent::LatentConfig::resolve(spec, None, std::path::Path::new("."))? {
+        None => anyhow::bail!("this model was trained on latents, but --data {spec} holds images: {how}"),
+        Some(h)
+            if (h.fingerprint.as_str(), h.scale_factor, h.shift_factor)
+                != (rec.fingerprint.as_str(), rec.scale_factor, rec.shift_factor) =>
+        {
+            anyhow::bail!(
+                "--data {spec} holds latents of autoencoder {} scaled by {} (shift {}), but this model trained on latents of {} scaled by {} (shift {}): {how}",
+                h.fingerprint,
+                h.scale_factor,
+                h.shift_factor,
+                rec.fingerprint,
+                rec.scale_factor,
+                rec.shift_factor
+            )
+        }
+        Some(_) => Ok(()),
+    }
 }
