@@ -63,13 +63,15 @@ impl Network {
 }
 
 /// The tensors of a safetensors state dict as msdiff names them: a PyTorch export's `model.`
-/// prefix (EDM's `EDMPrecond`) stripped, its `resample_filter` buffers (constants) left out.
+/// prefix (EDM's `EDMPrecond`) or `model.diffusion_model.` prefix (LDM) stripped, a unified LDM
+/// `UNetModel`'s `output_blocks.*` / `out.*` mapped onto decoder 0 ([`crate::nn::adm::msdiff_name`]),
+/// EDM's `resample_filter` buffers (constants) left out.
 pub fn read_state_dict(path: &std::path::Path) -> Result<Vec<(String, Tensor)>> {
     let raw = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     Ok(raw
         .into_iter()
         .filter(|(n, _)| !n.ends_with("resample_filter"))
-        .map(|(n, t)| (n.strip_prefix("model.").map(str::to_string).unwrap_or(n), t))
+        .map(|(n, t)| (crate::nn::adm::msdiff_name(&n), t))
         .collect())
 }
 
@@ -142,24 +144,5 @@ impl Loaded {
     /// The network bound to its run's objective: a denoiser for every sampler.
     pub fn denoiser(&self) -> Result<BoundDenoiser<'_>> {
         self.config.build_objective()?.bind(&self.network.net)
-    }
-
-    /// Sample `seeds` (image i from its own noise stream) with `sampler`, in batches of `batch`:
-    /// `([N, C, H, W]` clipped to [-1, 1], NFE per image). `progress` gets the images done.
-    pub fn sample(
-        &self,
-        sampler: &crate::sampler::SamplerConfig,
-        seeds: &[u64],
-        batch: usize,
-        device: Device,
-        progress: impl FnMut(usize),
-    ) -> Result<(Tensor, usize)> {
-        let den = self.denoiser()?;
-        let process = self.config.process.build()?;
-        sampler.validate(&process)?;
-        let m = &self.config.model;
-        let item = [m.in_channels as i64, m.resolution as i64, m.resolution as i64];
-        let s = crate::sampler::sample_seeds(sampler, &den, &process, &item, seeds, batch, None, device, progress)?;
-        Ok((s.x.clamp(-1.0, 1.0), s.nfe))
     }
 }

@@ -207,3 +207,36 @@ fn info_prints_the_ldm_counts_and_gflops() {
         assert!(text.contains(want), "msdiff info lacks {want}:\n{text}");
     }
 }
+
+#[test]
+fn an_official_ldm_state_dict_loads_by_its_names() {
+    // A unified LDM checkpoint names its decoder `output_blocks.*` / `out.*` under LDM's
+    // `model.diffusion_model.` prefix; msdiff stores it as decoder 0. Export a tiny network under the
+    // official names, load it into a fresh one: every tensor arrives.
+    tch::manual_seed(5);
+    let cfg = UNetConfig { decoder_channels: vec![32], ..UNetConfig::preset("tiny-ldm").unwrap() };
+    let a = msdiff::model::Network::new(&cfg, Device::Cpu).unwrap();
+    let official = |n: &str| {
+        let n = n.strip_prefix("de_modules.0.").map(|r| format!("output_blocks.{r}")).unwrap_or(n.to_string());
+        let n = n.strip_prefix("outs.0.").map(|r| format!("out.{r}")).unwrap_or(n);
+        format!("model.diffusion_model.{n}")
+    };
+    let d = std::env::temp_dir().join(format!("msdiff-ldm-sd-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("ldm.safetensors");
+    let named: Vec<(String, Tensor)> = a.params().into_iter().map(|(n, t)| (official(&n), t)).collect();
+    assert!(named.iter().any(|(n, _)| n.starts_with("model.diffusion_model.output_blocks.")));
+    Tensor::write_safetensors(&named, &path).unwrap();
+    tch::manual_seed(6);
+    let b = msdiff::model::Network::new(&cfg, Device::Cpu).unwrap();
+    b.load_safetensors(&path).unwrap();
+    for ((na, ta), (nb, tb)) in a.params().iter().zip(b.params().iter()) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na}");
+    }
+    // A multi-stage network refuses the unified file in one line.
+    let m = msdiff::model::Network::new(&UNetConfig::preset("tiny-ldm").unwrap(), Device::Cpu).unwrap();
+    let e = format!("{:#}", m.load_safetensors(&path).unwrap_err());
+    assert!(e.contains("tensors but this model has") && !e.contains('\n'), "{e}");
+    std::fs::remove_dir_all(&d).ok();
+}
