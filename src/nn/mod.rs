@@ -113,6 +113,89 @@ pub fn stage_groups(stage: &tch::Tensor, batch: i64, num_stages: usize) -> anyho
     Ok(groups)
 }
 
+/// How a mixed batch reaches its stages' decoders, shared by the three families: the batch is
+/// permuted **once**, stably, so that each stage's samples are contiguous; the shared part runs
+/// on the permuted batch, each decoder gets its stage's rows as [`StageRoute::split`] views (a
+/// view costs nothing, and the backward of the split is one concatenation per tensor, not one
+/// scatter into a zero tensor per decoder as with `index_select`), the decoders' outputs are
+/// concatenated and put back in the batch's order by one `index_select` on the output alone
+/// ([`StageRoute::unsort`]). A batch that is already sorted by stage is not permuted at all.
+#[derive(Debug)]
+pub struct StageRoute {
+    /// `sorted[k] = batch[order[k]]` (none: already sorted).
+    order: Option<tch::Tensor>,
+    /// `batch[i] = sorted[inverse[i]]` (none: already sorted).
+    inverse: Option<tch::Tensor>,
+    /// `(stage, samples)` of every stage that has samples, in stage order (the sorted batch's
+    /// consecutive row ranges).
+    pub spans: Vec<(usize, i64)>,
+}
+
+impl StageRoute {
+    /// Checks the stage ids (as [`stage_groups`]) and builds the permutation on `device`.
+    pub fn new(stage: &tch::Tensor, batch: i64, num_stages: usize, device: tch::Device) -> anyhow::Result<Self> {
+        let groups = stage_groups(stage, batch, num_stages)?;
+        let spans: Vec<(usize, i64)> =
+            groups.iter().enumerate().filter(|(_, g)| !g.is_empty()).map(|(j, g)| (j, g.len() as i64)).collect();
+        let order: Vec<i64> = groups.concat();
+        let sorted = order.iter().enumerate().all(|(k, &i)| k as i64 == i);
+        if sorted {
+            return Ok(StageRoute { order: None, inverse: None, spans });
+        }
+        let mut inverse = vec![0i64; order.len()];
+        for (k, &i) in order.iter().enumerate() {
+            inverse[i as usize] = k as i64;
+        }
+        Ok(StageRoute {
+            order: Some(tch::Tensor::from_slice(&order).to_device(device)),
+            inverse: Some(tch::Tensor::from_slice(&inverse).to_device(device)),
+            spans,
+        })
+    }
+
+    /// The one stage of a batch whose samples all belong to it (no routing needed).
+    pub fn single(&self) -> Option<usize> {
+        match self.spans[..] {
+            [(j, _)] => Some(j),
+            _ => None,
+        }
+    }
+
+    /// `t` (`[B, ...]`, batch order) in stage order.
+    pub fn sort(&self, t: &tch::Tensor) -> tch::Tensor {
+        match &self.order {
+            Some(o) => t.index_select(0, o),
+            None => t.shallow_clone(),
+        }
+    }
+
+    /// A stage-ordered `[B, ...]` tensor as one view per span (dimension 0).
+    pub fn split(&self, t: &tch::Tensor) -> Vec<tch::Tensor> {
+        let sizes: Vec<i64> = self.spans.iter().map(|&(_, n)| n).collect();
+        t.split_with_sizes(sizes.as_slice(), 0)
+    }
+
+    /// [`StageRoute::split`] of each of `ts`, grouped by span: `[span][tensor]`.
+    pub fn split_each(&self, ts: &[tch::Tensor]) -> Vec<Vec<tch::Tensor>> {
+        let mut per_span: Vec<Vec<tch::Tensor>> = self.spans.iter().map(|_| Vec::with_capacity(ts.len())).collect();
+        for t in ts {
+            for (k, part) in self.split(t).into_iter().enumerate() {
+                per_span[k].push(part);
+            }
+        }
+        per_span
+    }
+
+    /// The spans' outputs (in span order) concatenated and put back in the batch's order.
+    pub fn unsort(&self, parts: &[tch::Tensor]) -> tch::Tensor {
+        let y = tch::Tensor::cat(parts, 0);
+        match &self.inverse {
+            Some(inv) => y.index_select(0, inv),
+            None => y,
+        }
+    }
+}
+
 /// A network of any family.
 #[derive(Debug)]
 pub enum Net {

@@ -311,13 +311,25 @@ impl MultiStageUNet {
         self.decoders.len()
     }
 
+    /// The shared trunk (multistage, unified) or stage `j`'s own (separate).
+    pub fn trunk(&self, j: usize) -> &Trunk {
+        &self.trunks[j.min(self.trunks.len() - 1)]
+    }
+
+    /// Stage `j`'s decoder. Panics if `j` is out of range.
+    pub fn decoder(&self, j: usize) -> &Decoder {
+        &self.decoders[j]
+    }
+
     /// `x: [B, C, R, R]`, `noise_label: [B]` float (the embedding input, e.g. 999 t or
     /// c_noise(sigma)), `stage: [B]` int stage ids -> `[B, C, R, R]`.
     ///
-    /// Per-sample routing: the trunk (embedding + encoder) runs once on the whole batch; decoder
-    /// `j` runs on `index_select` of its samples' bottleneck, skips and embeddings, and the
-    /// results are put back with `index_copy` in the original order. A decoder with no samples is
-    /// not run, so it gets no gradient. Separate: stage `j`'s whole network runs on its samples.
+    /// Per-sample routing ([`super::StageRoute`]): the batch is permuted once so that each
+    /// stage's samples are contiguous, the trunk (embedding + encoder) runs once on it, decoder
+    /// `j` runs on its stage's rows of the bottleneck, skips and embeddings (views), and the
+    /// decoders' outputs are concatenated and put back in the batch's order. A decoder with no
+    /// samples is not run, so it gets no gradient. Separate: stage `j`'s whole network runs on
+    /// its samples.
     pub fn forward(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
         let sz = x.size();
         ensure!(
@@ -331,40 +343,36 @@ impl MultiStageUNet {
         );
         let b = sz[0];
         ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
-        let groups = super::stage_groups(stage, b, self.num_stages())?;
-        // All samples in one stage: no gather/scatter needed.
-        if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
+        let route = super::StageRoute::new(stage, b, self.num_stages(), x.device())?;
+        // All samples in one stage: no routing needed.
+        if let Some(j) = route.single() {
             return Ok(self.forward_stage(x, noise_label, j, train));
         }
-        let mut out = x.zeros_like();
-        match self.cfg.architecture {
+        let (x, noise_label) = (route.sort(x), route.sort(noise_label));
+        let outs: Vec<Tensor> = match self.cfg.architecture {
             Architecture::Multistage => {
                 let trunk = &self.trunks[0];
-                let temb = trunk.embed.forward(noise_label);
-                let (h, skips) = trunk.encoder.forward(x, &temb, train);
-                for (j, g) in groups.iter().enumerate() {
-                    if g.is_empty() {
-                        continue;
-                    }
-                    let idx = Tensor::from_slice(g).to_device(x.device());
-                    let sel = |t: &Tensor| t.index_select(0, &idx);
-                    let skips_j: Vec<Tensor> = skips.iter().map(sel).collect();
-                    let y = self.decoders[j].forward(&sel(&h), &skips_j, &sel(&temb), train);
-                    out = out.index_copy(0, &idx, &y);
-                }
+                let temb = trunk.embed.forward(&noise_label);
+                let (h, skips) = trunk.encoder.forward(&x, &temb, train);
+                let (hs, tembs, skips) = (route.split(&h), route.split(&temb), route.split_each(&skips));
+                route
+                    .spans
+                    .iter()
+                    .zip(hs.iter().zip(&tembs).zip(&skips))
+                    .map(|(&(j, _), ((h, temb), skips))| self.decoders[j].forward(h, skips, temb, train))
+                    .collect()
             }
             Architecture::Separate => {
-                for (j, g) in groups.iter().enumerate() {
-                    if g.is_empty() {
-                        continue;
-                    }
-                    let idx = Tensor::from_slice(g).to_device(x.device());
-                    let y = self.forward_stage(&x.index_select(0, &idx), &noise_label.index_select(0, &idx), j, train);
-                    out = out.index_copy(0, &idx, &y);
-                }
+                let (xs, labels) = (route.split(&x), route.split(&noise_label));
+                route
+                    .spans
+                    .iter()
+                    .zip(xs.iter().zip(&labels))
+                    .map(|(&(j, _), (x, label))| self.forward_stage(x, label, j, train))
+                    .collect()
             }
-        }
-        Ok(out)
+        };
+        Ok(route.unsort(&outs))
     }
 
     /// Runs every sample through stage `stage` (no routing). Panics if `stage` is out of range.

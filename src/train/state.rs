@@ -47,6 +47,58 @@ pub struct TrainState {
     /// synchronisation (flattening the gradients, the all-reduce, unflattening), summed over steps.
     pub allreduce_seconds: f64,
     pub sync_seconds: f64,
+    /// Where the last step's time went (wall clock; on CUDA without synchronisation, so only
+    /// meaningful on the CPU): what `msdiff bench train --breakdown` reports.
+    pub timings: StepTimings,
+}
+
+/// Seconds of one step's phases (see [`TrainState::timings`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepTimings {
+    /// Forward pass and loss (up to reading the loss value).
+    pub forward: Lap,
+    /// Backward pass (the gradients; bf16: cast to f32).
+    pub backward: Lap,
+    /// Gradient norm, clipping and Adam (bf16: the model's copy refreshed).
+    pub optimizer: Lap,
+    /// The EMA update.
+    pub ema: Lap,
+}
+
+/// Wall-clock seconds and this process's CPU seconds (all threads) of a stretch of work. CPU time
+/// is what the work cost even when other jobs share the cores (with one thread it approximates
+/// the wall time on a quiet machine).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lap {
+    pub wall: f64,
+    pub cpu: f64,
+}
+
+/// Measures [`Lap`]s from its start.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopwatch {
+    wall: std::time::Instant,
+    cpu: f64,
+}
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Stopwatch { wall: std::time::Instant::now(), cpu: process_cpu_seconds() }
+    }
+    /// The time since [`Stopwatch::start`].
+    pub fn lap(&self) -> Lap {
+        Lap { wall: self.wall.elapsed().as_secs_f64(), cpu: process_cpu_seconds() - self.cpu }
+    }
+}
+
+/// CPU time of this process, all threads (`CLOCK_PROCESS_CPUTIME_ID`; 0 where unavailable).
+pub fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// One step's inputs.
@@ -128,6 +180,7 @@ impl TrainState {
             stop: false,
             allreduce_seconds: 0.0,
             sync_seconds: 0.0,
+            timings: StepTimings::default(),
         })
     }
 
@@ -289,6 +342,7 @@ impl TrainState {
     pub fn step(&mut self, objective: &Objective, batch: &Batch, update: Update) -> Result<StepStats> {
         let Batch { x0, z, draws, augment } = *batch;
         let Update { lr, ema_decay, dropout_seed } = update;
+        let began = Stopwatch::start();
         let per = {
             let _rng = torch_rng();
             tch::manual_seed(dropout_seed);
@@ -299,11 +353,14 @@ impl TrainState {
         };
         let loss = per.mean(Kind::Float);
         let lv = loss.double_value(&[]);
+        self.timings = StepTimings { forward: began.lap(), ..Default::default() };
         let Some(group) = self.group else {
             if !lv.is_finite() {
                 return Ok(StepStats { loss: lv, per_sample: vec![], grad_norm: f64::NAN });
             }
+            let began = Stopwatch::start();
             let grads = self.local_gradients(loss, x0)?;
+            self.timings.backward = began.lap();
             let info = self.apply(&grads, lr, ema_decay)?;
             drop(grads);
             let per_sample = Vec::<f64>::try_from(per.to_kind(Kind::Double).to_device(Device::Cpu))?;
@@ -341,11 +398,15 @@ impl TrainState {
 
     /// Adam on the masters, the bf16 copy refreshed, the EMA moved; the step counted.
     fn apply(&mut self, grads: &[Tensor], lr: f64, ema_decay: f64) -> Result<super::optim::StepInfo> {
+        let began = Stopwatch::start();
         let info = self.adam.step(&self.masters, grads, lr).with_context(|| format!("at step {}", self.step + 1))?;
         if self.mixed {
             copy_into(&self.params, &self.masters, "bf16 weights")?;
         }
+        self.timings.optimizer = began.lap();
+        let began = Stopwatch::start();
         ema::update(&self.ema_params, &self.masters, ema_decay);
+        self.timings.ema = began.lap();
         self.step += 1;
         Ok(info)
     }

@@ -476,29 +476,31 @@ impl AdmUNet {
         );
         let b = sz[0];
         ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
-        let groups = super::stage_groups(stage, b, self.num_stages())?;
-        if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
+        let route = super::StageRoute::new(stage, b, self.num_stages(), x.device())?;
+        if let Some(j) = route.single() {
             return Ok(self.forward_stage(x, noise_label, j, train));
         }
-        let mut out = x.zeros_like();
-        let shared =
-            (c.architecture == Architecture::Multistage).then(|| self.trunks[0].forward(x, noise_label, train));
-        for (j, g) in groups.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_slice(g).to_device(x.device());
-            let sel = |t: &Tensor| t.index_select(0, &idx);
-            let y = match &shared {
-                Some((emb, skips, h)) => {
-                    let skips_j: Vec<Tensor> = skips.iter().map(sel).collect();
-                    self.decoders[j].forward(&sel(h), &skips_j, &sel(emb), train)
-                }
-                None => self.forward_stage(&sel(x), &sel(noise_label), j, train),
-            };
-            out = out.index_copy(0, &idx, &y);
-        }
-        Ok(out)
+        // One permutation by stage, views per decoder, one un-permutation (super::StageRoute).
+        let (x, noise_label) = (route.sort(x), route.sort(noise_label));
+        let outs: Vec<Tensor> = if c.architecture == Architecture::Multistage {
+            let (emb, skips, h) = self.trunks[0].forward(&x, &noise_label, train);
+            let (embs, skips, hs) = (route.split(&emb), route.split_each(&skips), route.split(&h));
+            route
+                .spans
+                .iter()
+                .zip(embs.iter().zip(&skips).zip(&hs))
+                .map(|(&(j, _), ((emb, skips), h))| self.decoders[j].forward(h, skips, emb, train))
+                .collect()
+        } else {
+            let (xs, labels) = (route.split(&x), route.split(&noise_label));
+            route
+                .spans
+                .iter()
+                .zip(xs.iter().zip(&labels))
+                .map(|(&(j, _), (x, label))| self.forward_stage(x, label, j, train))
+                .collect()
+        };
+        Ok(route.unsort(&outs))
     }
 }
 

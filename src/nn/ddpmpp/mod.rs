@@ -21,8 +21,9 @@
 //! `decs.0` here); the `resample_filter` buffers are constants, not variables. docs/EDM.md shows
 //! the few lines of PyTorch that export an official checkpoint to safetensors.
 //!
-//! Routing is per sample, as for NCSN++ (docs/METHOD.md §4.4): the shared part runs once on the
-//! batch, decoder j on its samples only, and a decoder without samples is not run (no gradient).
+//! Routing is per sample, as for NCSN++ (docs/METHOD.md §4.4, [`super::StageRoute`]): the shared
+//! part runs once on the batch, decoder j on its samples only, and a decoder without samples is
+//! not run (no gradient).
 
 pub mod layers;
 pub mod report;
@@ -395,29 +396,35 @@ impl SongUNet {
                 a.size()
             );
         }
-        let groups = super::stage_groups(stage, b, self.num_stages())?;
-        if let Some(j) = groups.iter().position(|g| g.len() as i64 == b) {
+        let route = super::StageRoute::new(stage, b, self.num_stages(), x.device())?;
+        if let Some(j) = route.single() {
             return Ok(self.forward_stage(x, noise_label, augment, j, train));
         }
-        let mut out = x.zeros_like();
-        let shared = (c.architecture == Architecture::Multistage)
-            .then(|| self.trunks[0].forward(x, noise_label, augment, train));
-        for (j, g) in groups.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_slice(g).to_device(x.device());
-            let sel = |t: &Tensor| t.index_select(0, &idx);
-            let y = match &shared {
-                Some((emb, skips)) => {
-                    let skips_j: Vec<Tensor> = skips.iter().map(sel).collect();
-                    self.decoders[j].forward(&skips_j, &sel(emb), train)
-                }
-                None => self.forward_stage(&sel(x), &sel(noise_label), augment.map(sel).as_ref(), j, train),
+        // One permutation by stage, views per decoder, one un-permutation (super::StageRoute).
+        let (x, noise_label, augment) = (route.sort(x), route.sort(noise_label), augment.map(|a| route.sort(a)));
+        let outs: Vec<Tensor> = if c.architecture == Architecture::Multistage {
+            let (emb, skips) = self.trunks[0].forward(&x, &noise_label, augment.as_ref(), train);
+            let (embs, skips) = (route.split(&emb), route.split_each(&skips));
+            route
+                .spans
+                .iter()
+                .zip(embs.iter().zip(&skips))
+                .map(|(&(j, _), (emb, skips))| self.decoders[j].forward(skips, emb, train))
+                .collect()
+        } else {
+            let (xs, labels) = (route.split(&x), route.split(&noise_label));
+            let augs: Vec<Option<Tensor>> = match &augment {
+                Some(a) => route.split(a).into_iter().map(Some).collect(),
+                None => route.spans.iter().map(|_| None).collect(),
             };
-            out = out.index_copy(0, &idx, &y);
-        }
-        Ok(out)
+            route
+                .spans
+                .iter()
+                .zip(xs.iter().zip(&labels).zip(&augs))
+                .map(|(&(j, _), ((x, label), aug))| self.forward_stage(x, label, aug.as_ref(), j, train))
+                .collect()
+        };
+        Ok(route.unsort(&outs))
     }
 }
 
