@@ -61,9 +61,10 @@ pub enum What {
         /// The stage of `--policy single` (clamped to the net's last stage).
         #[arg(long, default_value_t = 0)]
         stage: usize,
-        /// Also say where the time goes: the step's phases (forward + loss, backward, optimiser, EMA)
-        /// and, for NCSN++ nets, the shared trunk and each decoder on its samples alone (forward +
-        /// backward) with their GFLOP/s, and each decoder at the whole batch.
+        /// Also time the pieces of the forward + backward (NCSN++ multistage nets): the shared
+        /// trunk and each decoder on its samples alone, with their GFLOP/s, and each decoder at the
+        /// whole batch. (The step's phases, forward + loss, backward, optimiser and EMA, are always
+        /// reported.)
         #[arg(long)]
         breakdown: bool,
         /// What `bench train` reports: `wall` seconds, or `cpu`, this process's CPU seconds (all
@@ -452,7 +453,7 @@ fn bench_train(
                 tb.gflop / benches[0].gflop
             );
         }
-        if breakdown {
+        {
             let ph = |i: usize| median(tb.phases.iter().map(|p| clock.of(p[i])).collect());
             println!(
                 "  phases: forward + loss {:.3} s, backward {:.3} s, optimiser {:.3} s, EMA {:.3} s; \
