@@ -444,11 +444,14 @@ fn bench_train(
         );
         if !std::ptr::eq(tb, &benches[0]) {
             let ratios: Vec<f64> = on(&tb.steps).iter().zip(on(&benches[0].steps)).map(|(a, b)| a / b).collect();
+            let min = |v: Vec<f64>| v.into_iter().fold(f64::INFINITY, f64::min);
             println!(
-                "  vs {}: {:.3}x (median of per-round ratios {:.3}x; rounds {}); FLOPs say {:.3}x",
+                "  vs {}: {:.3}x (median of per-round ratios {:.3}x; ratio of minima {:.3}x; rounds {}); \
+                 FLOPs say {:.3}x",
                 benches[0].preset,
                 secs / base,
                 median(ratios.clone()),
+                min(on(&tb.steps)) / min(on(&benches[0].steps)),
                 ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" "),
                 tb.gflop / benches[0].gflop
             );
