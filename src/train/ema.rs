@@ -70,16 +70,33 @@ impl EmaConfig {
 
 /// ema <- d ema + (1 - d) p for each pair.
 pub fn update(ema: &[(String, Tensor)], params: &[(String, Tensor)], decay: f64) {
+    // ema <- lerp(ema, p, 1 - d) = d ema + (1 - d) p (up to rounding): one pass per tensor, 3 memory
+    // passes and no temporary (the EMA covers every stored parameter, so for a multi-stage net it
+    // costs ~2.2x the unified net's whatever the FLOPs).
     let _g = tch::no_grad_guard();
     for ((_, e), (_, p)) in ema.iter().zip(params) {
-        let mut e = e.shallow_clone();
-        let _ = e.g_mul_scalar_(decay).g_add_(&(p.detach() * (1.0 - decay)));
+        let _ = e.shallow_clone().lerp_(&p.detach(), 1.0 - decay);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_is_the_exponential_moving_average() {
+        // d e + (1 - d) p computed in f64 from the same f32 inputs is the reference; lerp rounds
+        // once per element in f32 (|error| <= 1 ulp of values of order 1, i.e. ~1.2e-7).
+        let e = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]);
+        let p = Tensor::from_slice(&[0.0f32, 2.0, 0.25, -3.0]);
+        let want: Vec<f64> =
+            [(1.0, 0.0), (-2.0, 2.0), (0.5, 0.25), (3.0, -3.0)].iter().map(|(e, p)| 0.999 * e + 0.001 * p).collect();
+        update(&[("w".into(), e.shallow_clone())], &[("w".into(), p)], 0.999);
+        let got: Vec<f64> = Vec::<f32>::try_from(&e).unwrap().into_iter().map(f64::from).collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 4e-7, "{g} vs {w}");
+        }
+    }
 
     #[test]
     fn either_key_alone_is_a_valid_table() {

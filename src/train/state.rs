@@ -51,16 +51,6 @@ pub struct TrainState {
     pub timings: StepTimings,
 }
 
-/// [`super::ema::update`] in one pass per tensor: ema <- lerp(ema, p, 1 - d) = d ema + (1 - d) p (up
-/// to rounding), 3 memory passes instead of 7 and no temporary; the EMA covers every stored
-/// parameter, so for a multi-stage net it costs ~2.2x the unified net's whatever the FLOPs.
-fn ema_update(ema: &[(String, Tensor)], params: &[(String, Tensor)], decay: f64) {
-    let _g = tch::no_grad_guard();
-    for ((_, e), (_, p)) in ema.iter().zip(params) {
-        let _ = e.shallow_clone().lerp_(&p.detach(), 1.0 - decay);
-    }
-}
-
 /// Seconds of one step's phases (see [`TrainState::timings`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepTimings {
@@ -414,7 +404,7 @@ impl TrainState {
         }
         self.timings.optimizer = began.lap();
         let began = Stopwatch::start();
-        ema_update(&self.ema_params, &self.masters, ema_decay);
+        super::ema::update(&self.ema_params, &self.masters, ema_decay);
         self.timings.ema = began.lap();
         self.step += 1;
         Ok(info)
