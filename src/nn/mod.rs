@@ -89,6 +89,24 @@ impl StagedNetwork for WithAugment<'_> {
     }
 }
 
+/// Checks a network input against its layout: `x` `[B, in_channels, resolution, resolution]` and
+/// `noise_label` `[B]`; returns B.
+pub fn check_input(cfg: &UNetConfig, x: &tch::Tensor, noise_label: &tch::Tensor) -> anyhow::Result<i64> {
+    let sz = x.size();
+    anyhow::ensure!(
+        sz.len() == 4
+            && sz[1] == cfg.in_channels as i64
+            && sz[2] == cfg.resolution as i64
+            && sz[3] == cfg.resolution as i64,
+        "input must be [B, {c}, {r}, {r}], got {sz:?}",
+        c = cfg.in_channels,
+        r = cfg.resolution
+    );
+    let b = sz[0];
+    anyhow::ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
+    Ok(b)
+}
+
 /// Checks per-sample stage ids (`[batch]`, an integer kind, each in `0..num_stages`) and groups
 /// the sample indices by stage: `groups[j]` = the samples routed to decoder j, in batch order.
 pub fn stage_groups(stage: &tch::Tensor, batch: i64, num_stages: usize) -> anyhow::Result<Vec<Vec<i64>>> {

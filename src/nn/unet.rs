@@ -8,7 +8,7 @@
 //!
 //! A stage's decoder is always under `decoder.{j}.`.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use tch::nn::Path;
 use tch::Tensor;
 
@@ -331,18 +331,7 @@ impl MultiStageUNet {
     /// samples is not run, so it gets no gradient. Separate: stage `j`'s whole network runs on
     /// its samples.
     pub fn forward(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
-        let sz = x.size();
-        ensure!(
-            sz.len() == 4
-                && sz[1] == self.cfg.in_channels as i64
-                && sz[2] == self.cfg.resolution as i64
-                && sz[3] == self.cfg.resolution as i64,
-            "input must be [B, {c}, {r}, {r}], got {sz:?}",
-            c = self.cfg.in_channels,
-            r = self.cfg.resolution
-        );
-        let b = sz[0];
-        ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
+        let b = super::check_input(&self.cfg, x, noise_label)?;
         let route = super::StageRoute::new(stage, b, self.num_stages(), x.device())?;
         // All samples in one stage: no routing needed.
         if let Some(j) = route.single() {

@@ -464,18 +464,7 @@ impl AdmUNet {
     /// `stage: [B]` integer stage ids -> `[B, C, R, R]` (eps).
     pub fn forward(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
         let c = &self.cfg;
-        let sz = x.size();
-        ensure!(
-            sz.len() == 4
-                && sz[1] == c.in_channels as i64
-                && sz[2] == c.resolution as i64
-                && sz[3] == c.resolution as i64,
-            "input must be [B, {ch}, {r}, {r}], got {sz:?}",
-            ch = c.in_channels,
-            r = c.resolution
-        );
-        let b = sz[0];
-        ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
+        let b = super::check_input(c, x, noise_label)?;
         let route = super::StageRoute::new(stage, b, self.num_stages(), x.device())?;
         if let Some(j) = route.single() {
             return Ok(self.forward_stage(x, noise_label, j, train));

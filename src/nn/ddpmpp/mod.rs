@@ -375,18 +375,7 @@ impl SongUNet {
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.cfg;
-        let sz = x.size();
-        ensure!(
-            sz.len() == 4
-                && sz[1] == c.in_channels as i64
-                && sz[2] == c.resolution as i64
-                && sz[3] == c.resolution as i64,
-            "input must be [B, {ch}, {r}, {r}], got {sz:?}",
-            ch = c.in_channels,
-            r = c.resolution
-        );
-        let b = sz[0];
-        ensure!(noise_label.size() == [b], "noise_label must have shape [{b}], got {:?}", noise_label.size());
+        let b = super::check_input(c, x, noise_label)?;
         if let Some(a) = augment {
             ensure!(c.augment_dim > 0, "this network takes no augment labels (augment_dim = 0)");
             ensure!(
