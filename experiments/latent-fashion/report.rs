@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 const RUNS: [&str; 2] = ["unified", "multistage"];
 
+/// Per run, per step: the per-interval losses and their standard errors.
+type ValLoss = BTreeMap<String, BTreeMap<u64, (Vec<f64>, Vec<f64>)>>;
+
 fn jsonl(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
@@ -38,7 +41,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&docs)?;
 
     // Per-interval validation loss: run -> step -> (loss, stderr) per interval.
-    let mut val: BTreeMap<String, BTreeMap<u64, (Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+    let mut val: ValLoss = BTreeMap::new();
     for l in jsonl(&out.join("val-loss.jsonl"))? {
         let (Some(run), Some(step)) = (l["run"].as_str(), l["step"].as_u64()) else { continue };
         val.entry(run.to_string()).or_default().insert(step, (floats(&l["loss"]), floats(&l["stderr"])));
