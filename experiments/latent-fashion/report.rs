@@ -2,7 +2,7 @@
 //! docs/LATENT.md §7).
 //!
 //! ```sh
-//! cargo run --release --example latent_fashion_report -- $HOME/msdiff-runs/latent-fashion docs/latent
+//! scripts/with-libtorch cargo run --release --example latent_fashion_report -- $HOME/msdiff-runs/latent-fashion docs/latent
 //! ```
 //!
 //! Reads `OUT/val-loss.jsonl` (`msdiff val-loss --log` lines with a `run` key, as run.sh's
