@@ -139,7 +139,7 @@ impl LatentCache {
         let mut bytes = vec![0u8; 8 + hlen as usize];
         bytes[..8].copy_from_slice(&head);
         f.read_exact(&mut bytes[8..]).with_context(|| format!("cannot read latent cache {p}"))?;
-        let (header, info) = parse_header(path, &bytes)?;
+        let (header, info, _) = parse_header(path, &bytes)?;
         let shape: Vec<i64> = serde_json::from_value(header["latents"]["shape"].clone())
             .map_err(|_| not_cache(path, "no latents tensor".into()))?;
         let shape: [i64; 4] = shape
@@ -159,9 +159,8 @@ impl LatentCache {
         let p = path.display();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read latent cache {p}"))?;
         let not_cache = |why: String| not_cache(path, why);
-        let (header, info) = parse_header(path, &bytes)?;
-        let hlen = bytes.len().min(8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize);
-        let data = &bytes[hlen..];
+        let (header, info, data_start) = parse_header(path, &bytes)?;
+        let data = &bytes[data_start..];
         let span = |name: &str, dtype: &str, width: usize| -> Result<Option<(Vec<i64>, &[u8])>> {
             let Some(e) = header.get(name) else { return Ok(None) };
             ensure!(e["dtype"] == dtype, not_cache(format!("tensor {name} is {}, expected {dtype}", e["dtype"])));
@@ -229,9 +228,9 @@ fn not_cache(path: &Path, why: String) -> anyhow::Error {
     )
 }
 
-/// The safetensors header (JSON) and the cache's [`LatentInfo`] from the first bytes of `bytes`
-/// (at least the 8-byte length and the header).
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, LatentInfo)> {
+/// The safetensors header (JSON), the cache's [`LatentInfo`] and where the tensor data starts (8 +
+/// the header's length), from the first bytes of `bytes` (at least the 8-byte length and the header).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, LatentInfo, usize)> {
     let not_cache = |why: String| not_cache(path, why);
     ensure!(bytes.len() >= 8, not_cache("too short".into()));
     let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -251,7 +250,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, LatentI
         not_cache(format!("scale_factor {} is not > 0", info.scale_factor))
     );
     ensure!(info.shift_factor.is_finite(), not_cache("shift_factor is not finite".into()));
-    Ok((header, info))
+    Ok((header, info, 8 + hlen))
 }
 
 /// The dataset spec `latents:FILE`.

@@ -89,6 +89,19 @@ impl StagedNetwork for WithAugment<'_> {
     }
 }
 
+/// Mixed precision for a network whose weights are of kind `k`: `f` runs on `x` cast to `k` and its
+/// output comes back in `x`'s kind, so callers see f32 in and out whatever the network runs in.
+pub fn in_weight_kind(
+    k: tch::Kind,
+    x: &tch::Tensor,
+    f: impl FnOnce(&tch::Tensor) -> anyhow::Result<tch::Tensor>,
+) -> anyhow::Result<tch::Tensor> {
+    if x.kind() == k {
+        return f(x);
+    }
+    Ok(f(&x.to_kind(k))?.to_kind(x.kind()))
+}
+
 /// Checks a network input against its layout: `x` `[B, in_channels, resolution, resolution]` and
 /// `noise_label` `[B]`; returns B.
 pub fn check_input(cfg: &UNetConfig, x: &tch::Tensor, noise_label: &tch::Tensor) -> anyhow::Result<i64> {

@@ -380,11 +380,7 @@ impl super::StagedNetwork for MultiStageUNet {
     /// Mixed precision: the input is cast to the weights' kind (bf16) and the output back to the
     /// input's kind, so callers see f32 (or f64) in and out whatever the network runs in.
     fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
-        let k = self.kind();
-        if x.kind() == k {
-            return self.forward(x, noise_label, stage, train);
-        }
-        Ok(self.forward(&x.to_kind(k), noise_label, stage, train)?.to_kind(x.kind()))
+        super::in_weight_kind(self.kind(), x, |x| self.forward(x, noise_label, stage, train))
     }
     fn num_stages(&self) -> usize {
         MultiStageUNet::num_stages(self)

@@ -496,11 +496,7 @@ impl AdmUNet {
 impl super::StagedNetwork for AdmUNet {
     /// The input goes in in the weights' kind, the output comes back in the input's.
     fn forward_staged(&self, x: &Tensor, noise_label: &Tensor, stage: &Tensor, train: bool) -> Result<Tensor> {
-        let k = self.kind();
-        if x.kind() == k {
-            return self.forward(x, noise_label, stage, train);
-        }
-        Ok(self.forward(&x.to_kind(k), noise_label, stage, train)?.to_kind(x.kind()))
+        super::in_weight_kind(self.kind(), x, |x| self.forward(x, noise_label, stage, train))
     }
     fn num_stages(&self) -> usize {
         AdmUNet::num_stages(self)

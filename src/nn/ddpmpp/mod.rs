@@ -431,11 +431,7 @@ impl super::StagedNetwork for SongUNet {
         augment: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let k = self.kind();
-        if x.kind() == k {
-            return self.forward(x, noise_label, stage, augment, train);
-        }
-        Ok(self.forward(&x.to_kind(k), noise_label, stage, augment, train)?.to_kind(x.kind()))
+        super::in_weight_kind(self.kind(), x, |x| self.forward(x, noise_label, stage, augment, train))
     }
     fn augment_dim(&self) -> usize {
         self.cfg.augment_dim
