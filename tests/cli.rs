@@ -350,20 +350,6 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     assert_eq!(ck.last().unwrap().0, step + 2);
 }
 
-/// The FID Inception weights as the FID module's tests find them ($MSDIFF_FID_WEIGHTS, the shared
-/// copy, the fetched copy), or `None`: skipped loudly, or a failure under CI=true.
-fn fid_weights() -> Option<PathBuf> {
-    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
-    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
-    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
-        None => shared,
-    };
-    test_asset_present(&p, "FID weights").then_some(p)
-}
-
 /// Run msdiff in `dir` with the cache folder `cache` and no MSDIFF_FID_WEIGHTS: a machine with no
 /// `../shared` beside the working directory.
 fn msdiff_with_cache(dir: &Path, cache: &Path, args: &[&str]) -> Output {
@@ -431,7 +417,7 @@ fn fetched_assets_are_found_without_flags_and_their_absence_is_one_clear_line() 
 /// nothing to the log.
 #[test]
 fn eval_is_reproducible_and_logs_what_it_measured() {
-    let Some(weights) = fid_weights() else { return };
+    let Some(weights) = common::fid_weights() else { return };
     let w = weights.to_str().unwrap();
     let d = tmp("eval");
     let cfg = d.join("run.toml");
@@ -546,7 +532,7 @@ fn sample_output_feeds_fid_stats() {
     // An almost untrained network overshoots [-1, 1]: the case that used to be refused.
     assert!(raw.abs().max().double_value(&[]) > 1.0, "the test needs samples outside [-1, 1]");
     assert_eq!(shown, raw.clamp(-1.0, 1.0));
-    let Some(weights) = fid_weights() else { return };
+    let Some(weights) = common::fid_weights() else { return };
     let stats = d.join("s.safetensors");
     let o = msdiff(&[
         "fid",
@@ -568,7 +554,7 @@ fn sample_output_feeds_fid_stats() {
 /// the images padded with -1, as `autoencoder encode --pad` pads them.
 #[test]
 fn fid_stats_pads_the_dataset() {
-    let Some(weights) = fid_weights() else { return };
+    let Some(weights) = common::fid_weights() else { return };
     let d = tmp("fid-pad");
     let ds =
         msdiff::data::load("builtin", &msdiff::data::LoadOptions { limit: Some(3), ..Default::default() }).unwrap();

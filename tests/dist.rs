@@ -293,23 +293,10 @@ fn the_rank_stage_policy_trains_each_stage_on_its_own_ranks() {
     }
 }
 
-/// The FID weights as tests/cli.rs finds them (None, with a SKIPPED note, when absent).
-fn fid_weights() -> Option<PathBuf> {
-    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
-    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
-    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
-        None => shared,
-    };
-    test_asset_present(&p, "FID weights").then_some(p)
-}
-
 /// `msdiff eval` on 2 ranks (seeds split, Inception features gathered) reports one process's FID.
 #[test]
 fn eval_on_two_ranks_gives_the_one_process_fid() {
-    let Some(weights) = fid_weights() else { return };
+    let Some(weights) = common::fid_weights() else { return };
     let w = weights.to_str().unwrap();
     let dir = tmp("dist-eval");
     let cfg = config(&dir);

@@ -8,7 +8,7 @@ mod common;
 use msdiff::autoencoder::{AutoencoderConfig, AutoencoderModel};
 use msdiff::objective::StageSampler;
 use msdiff::train::{ResolvedConfig, TrainConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use tch::{Device, Kind, Tensor};
 
@@ -237,7 +237,7 @@ fn a_latent_run_trains_resumes_samples_and_evaluates_decoded_images() {
 
     // eval: FID of the decoded images (needs the Inception weights): the FID of the images
     // `msdiff sample` writes for the same seeds.
-    if let Some(w) = fid_weights() {
+    if let Some(w) = common::fid_weights() {
         let reference = d.join("ref.safetensors");
         let w = s(&w);
         ok(msdiff(&["fid", "stats", "--data", "builtin", "--limit", "8", "--out", &s(&reference), "--weights", &w]));
@@ -274,19 +274,6 @@ fn a_latent_run_trains_resumes_samples_and_evaluates_decoded_images() {
         assert_eq!(fid(&e), fid(&c), "eval: {e}\nfid calc: {c}");
     }
     std::fs::remove_dir_all(&d).unwrap();
-}
-
-/// The FID weights as tests/cli.rs finds them (None, with a SKIPPED note, when absent).
-fn fid_weights() -> Option<PathBuf> {
-    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
-    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
-    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
-        None => shared,
-    };
-    test_asset_present(&p, "FID weights").then_some(p)
 }
 
 fn ddpm_config(stages: &str, process: &str) -> String {

@@ -147,3 +147,17 @@ pub fn assert_out_of_memory_is_a_clear_error(device: Device, name: &str) {
             .unwrap();
     assert_eq!(out.step, 2);
 }
+
+/// The FID Inception weights as the FID module's tests find them ($MSDIFF_FID_WEIGHTS, the shared
+/// copy, the fetched copy), or `None`: skipped loudly, or a failure under CI=true.
+pub fn fid_weights() -> Option<PathBuf> {
+    use msdiff::data::assets::{cache_root, fetched_path, test_asset_present, Asset};
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(msdiff::fid::DEFAULT_WEIGHTS);
+    let fetched = cache_root().map(|r| fetched_path(Asset::FidWeights, &r)).filter(|f| f.is_file());
+    let p = match std::env::var_os("MSDIFF_FID_WEIGHTS").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None if !shared.is_file() && fetched.is_some() => fetched.unwrap_or_default(),
+        None => shared,
+    };
+    test_asset_present(&p, "FID weights").then_some(p)
+}
