@@ -3,6 +3,29 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 use tch::{Device, Tensor};
 
+/// Keep freed memory in the process for reuse: glibc's allocator serves blocks above its mmap
+/// threshold (32 MiB at most) with a fresh `mmap` and returns them with `munmap`, and trims the
+/// heap's top back to the system, so every large tensor of a loop (a training step's activations,
+/// the optimal denoiser's logit blocks) is page-faulted and zeroed by the kernel again each time.
+/// Measured on the CI machine kind (2 cores; docs/BENCHMARKS.md, "Allocator"): system time of
+/// `msdiff cluster` on Fashion-MNIST 3.0 -> 1.0 s and wall 10.5 -> 9.0-9.4 s; the reference-6.5m
+/// training step 2.18 -> 2.03-2.10 s. The price: the resident size stays at its peak (as with
+/// any caching allocator). Only with glibc, and not when the user tunes malloc through
+/// `GLIBC_TUNABLES` (theirs wins); call it first in `main`, before libtorch allocates.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc")) {
+            return;
+        }
+        // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
 /// Choose how libtorch's OpenMP threads wait for work: spin (OpenMP's default) on an idle
 /// machine, sleep (`OMP_WAIT_POLICY=PASSIVE`) when other processes are using the CPU.
 ///
