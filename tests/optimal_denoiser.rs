@@ -128,3 +128,54 @@ fn bad_input_is_an_error() {
     let nan = Tensor::from_slice(&[f64::NAN, 0.0, 0.0]).reshape([1, 3]);
     assert!(OptimalDenoiser::new(&nan, Device::Cpu).is_err());
 }
+
+/// The mixed path's three ways to a mean, across block boundaries: rows whose f32 weights sit on
+/// one point (small sigma), rows refined in f64 over their few candidates, and rows with more than
+/// `MAX_CANDIDATES` candidates, recomputed over the whole set in one batched f64 pass after all
+/// blocks (so their row indices must be mapped back across blocks). The oracle is the direct f64
+/// softmax; the scenario is checked to contain whole-set rows, so the test cannot pass by
+/// silently avoiding that path.
+#[test]
+fn every_refinement_path_matches_a_naive_softmax_across_blocks() {
+    use msdiff::denoiser::optimal::MAX_CANDIDATES;
+    // 8-bit-like data in [0, 1] (as Algorithm 1 sees it): 3000 points of 64 values.
+    let (n, d) = (3000i64, 64i64);
+    let mut r = Rng::new(21);
+    let v: Vec<f64> = (0..n * d).map(|_| (r.below(256) as f64 / 255.0) as f32 as f64).collect();
+    let data = Tensor::from_slice(&v).reshape([n, d]);
+    let den = OptimalDenoiser::new(&data, Device::Cpu).unwrap().with_block_rows(7);
+    let sigmas = [1e-3, 0.02, 0.1, 0.25, 0.4, 0.6, 1.0, 2.0, 8.0];
+    let (mut xs, mut ss) = (Vec::new(), Vec::new());
+    for &sigma in sigmas.iter().cycle().take(27) {
+        let k = r.below(n as u64) as i64;
+        xs.push(data.get(k) + r.randn(&[d], Kind::Double) * sigma);
+        ss.push(sigma);
+    }
+    let x = Tensor::stack(&xs, 0);
+    let m = den.posterior_mean(&x, &Tensor::from_slice(&ss)).unwrap();
+    let mut whole_set_rows = 0;
+    for (i, &sigma) in ss.iter().enumerate() {
+        let xi = Vec::<f64>::try_from(x.get(i as i64)).unwrap();
+        let want = naive_mean(&data, &xi, sigma);
+        let got = Vec::<f64>::try_from(m.get(i as i64)).unwrap();
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        // As in matches_a_naive_softmax_at_all_noise_levels: m exact to EPS_TOL sigma = 1e-5
+        // sigma, plus the f32 rounding of a kept row's weighted sum (1e-6).
+        let tol = 1e-5 * sigma + 1e-6;
+        assert!(err < tol, "row {i}, sigma {sigma}: max error {err:e} (tolerance {tol:e})");
+        // Candidates as the denoiser counts them (logits within the cutoff for this tolerance,
+        // ln((N - 1) range / tol), of the maximum), from exact f64 logits.
+        let logits: Vec<f64> = (0..n as usize)
+            .map(|j| {
+                -(0..d as usize).map(|c| (xi[c] - v[j * d as usize + c]).powi(2)).sum::<f64>() / (2.0 * sigma * sigma)
+            })
+            .collect();
+        let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let cutoff = ((n - 1) as f64 / (1e-5 * sigma)).ln();
+        let cands = logits.iter().filter(|&&l| l >= mx - cutoff).count() as i64;
+        if cands > MAX_CANDIDATES + 200 {
+            whole_set_rows += 1;
+        }
+    }
+    assert!(whole_set_rows >= 3, "only {whole_set_rows} rows take the whole-set f64 pass; the test needs some");
+}

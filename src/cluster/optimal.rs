@@ -38,6 +38,13 @@ crate::names::named_enum! {
 /// such fractions) equal the f64 path's (`--precision f64`; docs/CLUSTERING.md, "Precision").
 pub const DECISION_TOLERANCE: f64 = 1.0;
 
+/// Accuracy to which a row the f32 pass could not settle is recomputed, as a fraction of its
+/// decision threshold eta sigma: 1e-3, so a refined mean's decisions differ from the exact ones
+/// only for pixels within 0.1 % of the threshold (a refinement that drops no point at all would
+/// cost a full f64 pass per row; see [`crate::denoiser::optimal`] for how the tolerance sets the
+/// candidate cutoff).
+pub const REFINED_TOLERANCE: f64 = 1e-3;
+
 /// Options of Algorithm 1. Defaults: the official eta = 2/255 on [0,1] data, t_min = 1e-3,
 /// K = 5000 samples. alpha is not published; 0.9 is our default (see docs/CLUSTERING.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,56 +119,64 @@ pub fn agreement_curves(
     ensure!(n > 0, "the dataset is empty");
     let flat = data.reshape([n, -1]).to_kind(Kind::Float);
     let flat = match opts.scale {
-        DataScale::Unit => (flat + 1.0) * 0.5,
+        DataScale::Unit => (flat + 1.0).g_mul_scalar_(0.5),
         DataScale::Symmetric => flat,
     };
     let den = OptimalDenoiser::new(&flat, device)?.with_arithmetic(opts.arithmetic);
     let d = den.dim();
     let ybar = den.mean().to_kind(Kind::Double);
     let k = opts.samples;
-    // Draws: sample k uses stream (seed, k) for its index, time and noise, so the scores do not
-    // depend on the batch size.
-    let batch = 256usize;
-    let mut t_all = Vec::with_capacity(k);
-    let mut s0_all = Vec::with_capacity(k);
-    let mut s1_all = Vec::with_capacity(k);
-    let mut start = 0;
-    while start < k {
-        let len = batch.min(k - start);
-        let mut idx = Vec::with_capacity(len);
-        let mut ts = Vec::with_capacity(len);
-        let mut z = Vec::with_capacity(len * d as usize);
-        for j in start..start + len {
-            let mut r = Rng::stream(opts.seed, j as u64);
-            idx.push(r.below(n as u64) as i64);
-            ts.push(r.uniform_range(opts.t_min, 1.0));
-            for _ in 0..d {
-                z.push(r.normal());
-            }
+    // Draws: sample j uses stream (seed, j) for its index, time and noise, so the scores do not
+    // depend on how the work is batched. All K queries go to the denoiser at once (K x D f64: 31 MB
+    // at K = 5000, D = 784), which batches the rows it must recompute over the whole set.
+    let mut idx = Vec::with_capacity(k);
+    let mut ts = Vec::with_capacity(k);
+    let mut z = Vec::with_capacity(k * d as usize);
+    for j in 0..k {
+        let mut r = Rng::stream(opts.seed, j as u64);
+        idx.push(r.below(n as u64) as i64);
+        ts.push(r.uniform_range(opts.t_min, 1.0));
+        for _ in 0..d {
+            z.push(r.normal());
         }
-        let sig: Vec<f64> = ts.iter().map(|&t| process.sigma(t)).collect();
-        let y = den.data().index_select(0, &Tensor::from_slice(&idx).to_device(device)).to_kind(Kind::Double);
-        let z = Tensor::from_slice(&z).reshape([len as i64, d]).to_device(device);
-        let s = Tensor::from_slice(&sig).to_device(device);
-        let x = &y + &z * s.unsqueeze(1);
-        // S0/S1 compare |y - m| and |ybar - m| with eta sigma, pixel by pixel. The f32 pass's mean
-        // is within `bound` of the exact one (OptimalDenoiser::mean_error_bound), so a decision can
-        // differ from the f64 one only for a pixel within `bound` of its threshold. Rows whose
-        // bound exceeds TOLERANCE x eta sigma are recomputed exactly; the rest keep f32 means
-        // (docs/CLUSTERING.md, "Precision": the cuts equal the f64 path's).
-        let thr = s.unsqueeze(1) * opts.eta;
-        let m = den.posterior_mean_refined(&x, &s, &mut |_start, sig, _m, bound| {
-            sig.iter().zip(bound).map(|(s, b)| *b > DECISION_TOLERANCE * opts.eta * s).collect()
-        })?;
-        let s0 = (&y - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
-        let s1 = (ybar.unsqueeze(0) - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
-        t_all.extend(ts);
-        s0_all.extend(Vec::<f64>::try_from(s0.to_device(Device::Cpu))?);
-        s1_all.extend(Vec::<f64>::try_from(s1.to_device(Device::Cpu))?);
-        start += len;
-        progress(start);
     }
-    Ok(sorted_curves(&t_all, &s0_all, &s1_all))
+    let sig: Vec<f64> = ts.iter().map(|&t| process.sigma(t)).collect();
+    let y = den.data().index_select(0, &Tensor::from_slice(&idx).to_device(device)).to_kind(Kind::Double);
+    let z = Tensor::from_slice(&z).reshape([k as i64, d]).to_device(device);
+    let s = Tensor::from_slice(&sig).to_device(device);
+    let x = &y + &z * s.unsqueeze(1);
+    drop(z);
+    // S0/S1 compare |y - m| and |ybar - m| with eta sigma, pixel by pixel. The f32 pass's mean
+    // is within `bound` of the exact one (OptimalDenoiser::mean_error_bound), so a decision can
+    // differ from the f64 one only for a pixel within `bound` of its threshold. Rows whose
+    // bound exceeds DECISION_TOLERANCE x eta sigma are recomputed in f64 to REFINED_TOLERANCE x
+    // eta sigma; the rest keep f32 means (docs/CLUSTERING.md, "Precision": the cuts equal the
+    // f64 path's).
+    let thr = s.unsqueeze(1) * opts.eta;
+    // The f64 path never asks `refine`: give it batches so that the progress moves.
+    let per_call = match opts.arithmetic {
+        crate::denoiser::optimal::Arithmetic::Mixed => k,
+        crate::denoiser::optimal::Arithmetic::F64 => 256,
+    };
+    let mut parts = Vec::new();
+    for first in (0..k).step_by(per_call) {
+        let len = per_call.min(k - first);
+        let (xs, ss) = (x.narrow(0, first as i64, len as i64), s.narrow(0, first as i64, len as i64));
+        parts.push(den.posterior_mean_refined(&xs, &ss, &mut |start, sig, bound| {
+            progress(first + start + sig.len());
+            sig.iter()
+                .zip(bound)
+                .map(|(s, b)| (*b > DECISION_TOLERANCE * opts.eta * s).then_some(REFINED_TOLERANCE * opts.eta * s))
+                .collect()
+        })?);
+        progress(first + len);
+    }
+    let m = Tensor::cat(&parts, 0);
+    let s0 = (&y - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
+    let s1 = (ybar.unsqueeze(0) - &m).abs().le_tensor(&thr).to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
+    let s0_all = Vec::<f64>::try_from(s0.to_device(Device::Cpu))?;
+    let s1_all = Vec::<f64>::try_from(s1.to_device(Device::Cpu))?;
+    Ok(sorted_curves(&ts, &s0_all, &s1_all))
 }
 
 /// Sort by t and add prefix/suffix running means.
