@@ -6,6 +6,7 @@
 //! libtorch we built against, so the binary runs without `LD_LIBRARY_PATH` on the build machine;
 //! on another machine `LD_LIBRARY_PATH` (which takes precedence over RUNPATH) points elsewhere.
 //!
+//! `csrc/optim_shim.cpp` binds libtorch's fused Adam (tch does not bind `_fused_*` ops).
 //! `csrc/dist_shim.cpp` binds libtorch's c10d (TCPStore, ProcessGroupGloo, ProcessGroupNCCL;
 //! docs/DISTRIBUTED.md). Gloo is always compiled (its headers are vendored under
 //! `csrc/third_party/gloo`); NCCL only when the libtorch has CUDA and the CUDA runtime, crt/nv
@@ -60,6 +61,7 @@ fn compile_shim(torch: &Path, nccl: bool) {
     let mut b = cc::Build::new();
     b.cpp(true)
         .file("csrc/dist_shim.cpp")
+        .file("csrc/optim_shim.cpp")
         .flag("-std=c++17")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

@@ -7,6 +7,7 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int, c_void};
 use tch::{Kind, Tensor};
 
 crate::names::named_enum! {
@@ -118,6 +119,27 @@ impl OptimConfig {
     }
 }
 
+extern "C" {
+    // csrc/optim_shim.cpp (and msd_free_str from csrc/dist_shim.cpp).
+    fn msd_fused_adam(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        exp_avgs: *const *mut c_void,
+        exp_avg_sqs: *const *mut c_void,
+        steps: *const *mut c_void,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        adamw: c_int,
+        grad_scale: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn msd_free_str(s: *mut c_char);
+}
+
 /// Adam's state of one parameter.
 pub struct AdamSlot {
     /// First moment.
@@ -126,6 +148,19 @@ pub struct AdamSlot {
     pub v: Tensor,
     /// Steps this parameter has taken (a decoder that saw no sample does not advance).
     pub steps: u64,
+    /// `steps` as the 0-d f32 tensor (on the parameter's device) the fused kernel reads.
+    step_t: Tensor,
+}
+
+impl AdamSlot {
+    fn new(p: &Tensor) -> Self {
+        AdamSlot {
+            m: p.zeros_like(),
+            v: p.zeros_like(),
+            steps: 0,
+            step_t: Tensor::zeros([], (Kind::Float, p.device())),
+        }
+    }
 }
 
 /// Adam state for named parameters.
@@ -153,10 +188,7 @@ pub struct StepInfo {
 
 impl Adam {
     pub fn new(cfg: OptimConfig, params: &[(String, Tensor)]) -> Self {
-        let state = params
-            .iter()
-            .map(|(n, p)| (n.clone(), AdamSlot { m: p.zeros_like(), v: p.zeros_like(), steps: 0 }))
-            .collect();
+        let state = params.iter().map(|(n, p)| (n.clone(), AdamSlot::new(p))).collect();
         Adam { cfg, state }
     }
 
@@ -221,38 +253,56 @@ impl Adam {
         } else {
             1.0
         };
-        let c = &self.cfg;
+        // One fused libtorch kernel for the whole update (PyTorch's `Adam(fused=True)`): per
+        // element it reads the parameter, gradient and moments once and writes them once, where
+        // separate ops made ~18 passes (docs/BENCHMARKS.md, "Multi-stage step vs its FLOPs").
+        // The clip is the kernel's gradient scale (it divides by it), so no scaled copy of the
+        // gradients is made. Same update as torch.optim.Adam / AdamW: m <- b1 m + (1 - b1) g,
+        // v <- b2 v + (1 - b2) g^2, p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), with L2
+        // (Adam: g += wd p) or decoupled (AdamW: p *= 1 - lr wd) weight decay.
+        let (mut ps, mut gs, mut ms, mut vs, mut ts) = (vec![], vec![], vec![], vec![], vec![]);
         for (name, p, g) in &with_grad {
-            let AdamSlot { m, v, steps: t } =
+            let slot =
                 self.state.get_mut(*name).ok_or_else(|| anyhow::anyhow!("optimizer has no state for '{name}'"))?;
-            let mut p = (*p).shallow_clone();
-            let mut g = if clip != 1.0 { *g * clip } else { (*g).shallow_clone() };
-            if c.weight_decay > 0.0 {
-                match c.optimizer {
-                    OptimizerKind::Adam => g = &g + &p * c.weight_decay, // a new tensor: g may share the caller's gradient
-                    OptimizerKind::AdamW => {
-                        let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                    }
-                }
+            slot.steps += 1;
+            let _ = slot.step_t.fill_(slot.steps as f64);
+            ps.push(p.as_ptr() as *mut c_void);
+            gs.push(g.as_ptr() as *mut c_void);
+            ms.push(slot.m.as_mut_ptr() as *mut c_void);
+            vs.push(slot.v.as_mut_ptr() as *mut c_void);
+            ts.push(slot.step_t.as_mut_ptr() as *mut c_void);
+        }
+        if !ps.is_empty() {
+            let device = with_grad[0].1.device();
+            let mut scale = (clip != 1.0).then(|| Tensor::from(1.0 / clip).to_kind(Kind::Float).to_device(device));
+            let c = &self.cfg;
+            let mut err: *mut c_char = std::ptr::null_mut();
+            // SAFETY: tch's C_tensor* is an at::Tensor* (libtch's torch_api.h); the shim copies the
+            // handles, and every tensor outlives the call.
+            let st = unsafe {
+                msd_fused_adam(
+                    ps.as_ptr(),
+                    gs.as_ptr(),
+                    ms.as_ptr(),
+                    vs.as_ptr(),
+                    ts.as_ptr(),
+                    ps.len() as c_int,
+                    lr,
+                    c.beta1,
+                    c.beta2,
+                    c.weight_decay,
+                    c.eps,
+                    (c.optimizer == OptimizerKind::AdamW) as c_int,
+                    scale.as_mut().map_or(std::ptr::null_mut(), |t| t.as_mut_ptr() as *mut c_void),
+                    &mut err,
+                )
+            };
+            if st != 0 {
+                // SAFETY: on failure the shim sets err to a malloc'ed C string.
+                let msg = unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned();
+                unsafe { msd_free_str(err) };
+                anyhow::bail!("the Adam step failed in libtorch: {msg}");
             }
-            *t += 1;
-            let bc1 = 1.0 - c.beta1.powi(*t as i32);
-            let bc2 = 1.0 - c.beta2.powi(*t as i32);
-            // PyTorch's Adam in 7 tensor ops (2 temporaries) per parameter: m <- lerp(m, g, 1 - b1);
-            // v <- lerp(v, g^2, 1 - b2); p <- p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),
-            // written as p.addcdiv_(m, d) with d = (sqrt(v) + eps sqrt(bc2)) * (-bc1 / (lr sqrt(bc2))).
-            // Every op is a pass over the tensor (the step is bound by memory traffic, and a
-            // multi-stage net has ~2.2x the unified net's parameters), so there are as few as the
-            // ops without fused kernels allow.
-            let _ = m.lerp_(&g, 1.0 - c.beta1);
-            let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
-            if lr == 0.0 {
-                // EDM's first step (lr ramp at 0 images): the moments advance, the weights do not.
-                continue;
-            }
-            let mut d = v.sqrt();
-            let _ = d.g_add_scalar_(c.eps * bc2.sqrt()).g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
-            let _ = p.addcdiv_(&*m, &d);
         }
         Ok(StepInfo { grad_norm, updated: with_grad.len(), skipped })
     }
@@ -305,6 +355,95 @@ mod tests {
         // beta = 0: update = g/|g| elementwise = sign -> (2, 3) regardless of the clip scale.
         let av = Vec::<f32>::try_from(&a.detach()).unwrap();
         assert!((av[0] - 2.0).abs() < 1e-5 && (av[1] - 3.0).abs() < 1e-5);
+    }
+
+    /// Five steps of the fused kernel against Kingma & Ba's Algorithm 1 written out per element in
+    /// f64 (torch.optim.Adam's conventions: L2 decay added to the clipped gradient; AdamW's
+    /// decoupled decay p *= 1 - lr wd first), with gradient clipping active, one parameter left
+    /// out of one step (its step count and bias corrections lag), and an lr = 0 step (moments
+    /// advance, weights do not). Tolerance: f32 rounding of values of order 1 over five steps
+    /// (each step's update is lr x O(1)): 1e-5 absolute.
+    #[test]
+    fn fused_adam_matches_a_per_element_reference() {
+        for kind in [OptimizerKind::Adam, OptimizerKind::AdamW] {
+            let cfg = OptimConfig {
+                optimizer: kind,
+                lr: 0.05,
+                beta1: 0.8,
+                beta2: 0.95,
+                eps: 1e-3,
+                weight_decay: 0.1,
+                grad_clip: 1.5,
+                warmup_steps: 0,
+                ..Default::default()
+            };
+            let init: [Vec<f64>; 2] = [vec![0.5, -1.25, 2.0], vec![-0.75, 0.25]];
+            let params: Vec<(String, Tensor)> = init
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("p{i}"), Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<_>>())))
+                .collect();
+            let mut opt = Adam::new(cfg.clone(), &params);
+            // Reference state.
+            let mut p: Vec<Vec<f64>> =
+                params.iter().map(|(_, t)| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()).collect();
+            let mut m: Vec<Vec<f64>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
+            let mut v2 = m.clone();
+            let mut t = [0i32; 2];
+            for step in 0..5 {
+                let lr = if step == 2 { 0.0 } else { cfg.lr };
+                // Gradients (exact in f32): a fixed pattern; p1 has none at step 1.
+                let g: Vec<Option<Vec<f64>>> = p
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        (!(i == 1 && step == 1)).then(|| {
+                            (0..v.len()).map(|j| ((step * 3 + j as i32 + i as i32) % 5) as f64 * 0.5 - 1.0).collect()
+                        })
+                    })
+                    .collect();
+                let grads: Vec<Tensor> = g
+                    .iter()
+                    .map(|o| match o {
+                        Some(v) => Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+                        None => Tensor::new(),
+                    })
+                    .collect();
+                let info = opt.step(&params, &grads, lr).unwrap();
+                let norm = g.iter().flatten().flatten().map(|x| x * x).sum::<f64>().sqrt();
+                assert!((info.grad_norm - norm).abs() < 1e-9);
+                let clip = if norm > cfg.grad_clip { cfg.grad_clip / (norm + 1e-6) } else { 1.0 };
+                for i in 0..2 {
+                    let Some(gi) = &g[i] else { continue };
+                    t[i] += 1;
+                    let (bc1, bc2) = (1.0 - cfg.beta1.powi(t[i]), 1.0 - cfg.beta2.powi(t[i]));
+                    for j in 0..gi.len() {
+                        let mut gj = gi[j] * clip;
+                        match kind {
+                            OptimizerKind::Adam => gj += cfg.weight_decay * p[i][j],
+                            OptimizerKind::AdamW => p[i][j] *= 1.0 - lr * cfg.weight_decay,
+                        }
+                        m[i][j] = cfg.beta1 * m[i][j] + (1.0 - cfg.beta1) * gj;
+                        v2[i][j] = cfg.beta2 * v2[i][j] + (1.0 - cfg.beta2) * gj * gj;
+                        p[i][j] -= lr / bc1 * m[i][j] / ((v2[i][j] / bc2).sqrt() + cfg.eps);
+                    }
+                }
+                for (i, (name, tensor)) in params.iter().enumerate() {
+                    let got = Vec::<f64>::try_from(tensor.to_kind(Kind::Double)).unwrap();
+                    for j in 0..got.len() {
+                        assert!(
+                            (got[j] - p[i][j]).abs() < 1e-5,
+                            "{kind:?} step {step} {name}[{j}]: {} vs reference {}",
+                            got[j],
+                            p[i][j]
+                        );
+                    }
+                    assert_eq!(opt.slot(name).unwrap().steps, t[i] as u64);
+                    let mv = Vec::<f64>::try_from(opt.slot(name).unwrap().v.to_kind(Kind::Double)).unwrap();
+                    assert!(mv.iter().zip(&v2[i]).all(|(a, b)| (a - b).abs() < 1e-6), "{kind:?} step {step} {name}: v");
+                }
+            }
+        }
     }
 
     #[test]
