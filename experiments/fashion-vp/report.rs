@@ -1,0 +1,153 @@
+//! Tables and plots of the fashion-vp experiment (`experiments/fashion-vp/run.sh`, issue 17,
+//! docs/RESULTS.md part 2).
+//!
+//! ```sh
+//! experiments/fashion-vp/eval.sh
+//! scripts/with-libtorch cargo run --release --example fashion_vp_report -- $HOME/msdiff-runs/fashion-vp docs/results
+//! ```
+//!
+//! Reads `OUT/val-loss.jsonl` (eval.sh: `msdiff val-loss --log` lines; the run is the folder above
+//! `checkpoints/`; for each (run, step) the evaluation on the most images is kept),
+//! `OUT/train-times.jsonl` (run.sh's training segments) and each run's configuration
+//! (`experiments/fashion-vp/RUN.toml`) for the compute accounting; prints the Markdown tables of
+//! docs/RESULTS.md part 2 and writes, per stage interval k, the validation loss against training
+//! iterations (`DOCS/fashion-vp-val-k.png`), against the actual training FLOPs
+//! (`DOCS/fashion-vp-val-k-flops.png`: the run's stage policy x each stage network's cost) and
+//! against the paper's convention (`DOCS/fashion-vp-val-k-paper-flops.png`: stage GFLOPs weighted
+//! by interval length, whatever the policy).
+use anyhow::{Context, Result};
+use msdiff::plot::{palette, Plot};
+use msdiff::train::TrainConfig;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const RUNS: [&str; 4] = ["unified", "multistage", "ms-mixed", "separate"];
+/// Images per training step (every config of the folder).
+const BATCH: f64 = 64.0;
+
+/// Per run, per step: (images evaluated, per-interval losses, their standard errors).
+type ValLoss = BTreeMap<String, BTreeMap<u64, (u64, Vec<f64>, Vec<f64>)>>;
+
+/// A plot's x axis: file-name suffix, label, and x from (step, (actual, paper) GFLOP per image).
+type Axis = (&'static str, &'static str, fn(u64, (f64, f64)) -> f64);
+
+fn jsonl(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}", path.display())))
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+/// The run a checkpoint path belongs to: `.../RUN/checkpoints/step-N`.
+fn run_of(checkpoint: &str) -> Option<String> {
+    let p = Path::new(checkpoint);
+    let run = p.parent()?.parent()?.file_name()?.to_str()?;
+    Some(run.to_string())
+}
+
+/// (actual, paper-convention) forward GFLOP per training image of a run's configuration.
+fn gflop_per_image(here: &Path, run: &str) -> Result<(f64, f64)> {
+    let path = here.join(format!("{run}.toml"));
+    let tc = TrainConfig::load(&path)?;
+    let shape = msdiff::train::config::declared_shape(&tc.model)?;
+    let c = tc.resolve(here, shape)?.compute()?;
+    Ok((c.train_fwd_gflop_per_image, c.interval_weighted_gflop))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() == 3, "usage: fashion_vp_report OUT DOCS");
+    let (out, docs) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/fashion-vp");
+    std::fs::create_dir_all(&docs)?;
+
+    let mut val: ValLoss = BTreeMap::new();
+    for l in jsonl(&out.join("val-loss.jsonl"))? {
+        let (Some(run), Some(step), Some(n)) =
+            (l["checkpoint"].as_str().and_then(run_of), l["step"].as_u64(), l["n"].as_u64())
+        else {
+            continue;
+        };
+        let slot = val.entry(run).or_default();
+        if slot.get(&step).is_none_or(|(m, _, _)| n >= *m) {
+            slot.insert(step, (n, floats(&l["loss"]), floats(&l["stderr"])));
+        }
+    }
+    let runs: Vec<&str> = RUNS.iter().copied().filter(|r| val.contains_key(*r)).collect();
+
+    // Compute accounting.
+    println!("| run | forward GFLOP per training image: actual (policy) | paper convention (interval-weighted) | training TFLOP per 1,000 steps (actual, fwd + bwd = 3x) |");
+    println!("|---|---:|---:|---:|");
+    let mut cost = BTreeMap::new();
+    for r in RUNS {
+        let (actual, paper) = gflop_per_image(&here, r)?;
+        println!("| {r} | {actual:.4} | {paper:.4} | {:.1} |", 3.0 * actual * BATCH * 1000.0 / 1000.0);
+        cost.insert(r, (actual, paper));
+    }
+
+    // Validation loss table (common steps of every cadence checkpoint).
+    println!("\n| step | {} |", runs.join(" | "));
+    println!("|---:|{}", "---|".repeat(runs.len()));
+    let steps: std::collections::BTreeSet<u64> = val.values().flat_map(|m| m.keys().copied()).collect();
+    for s in steps.iter().filter(|s| *s % 1000 == 0) {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| match val.get(*r).and_then(|m| m.get(s)) {
+                Some((_, l, e)) => {
+                    l.iter().zip(e).map(|(l, e)| format!("{l:.5} +- {e:.5}")).collect::<Vec<_>>().join(" / ")
+                }
+                None => "-".into(),
+            })
+            .collect();
+        println!("| {s} | {} |", cells.join(" | "));
+    }
+
+    // Plots: per interval, against iterations and both FLOP accountings.
+    let intervals = val.values().flat_map(|m| m.values()).map(|(_, l, _)| l.len()).max().unwrap_or(0);
+    let axes: [Axis; 3] = [
+        ("", "training iterations (batch 64)", |s, _| s as f64),
+        ("-flops", "training PFLOP: actual (policy x stage cost)", |s, c| s as f64 * BATCH * 3.0 * c.0 / 1e6),
+        ("-paper-flops", "training PFLOP: paper (interval-weighted)", |s, c| s as f64 * BATCH * 3.0 * c.1 / 1e6),
+    ];
+    for k in 0..intervals {
+        for (suffix, xlabel, x) in axes {
+            let mut p = Plot::new(&format!("validation loss, stage {k}'s interval (Fashion-MNIST test)"), 520, 340)
+                .xlabel(xlabel)
+                .ylabel("eps loss (EMA weights)")
+                .log_y(true);
+            for (i, r) in RUNS.iter().enumerate() {
+                let (Some(m), Some(c)) = (val.get(*r), cost.get(r)) else { continue };
+                let pts: Vec<(f64, f64)> =
+                    m.iter().filter_map(|(s, (_, l, _))| Some((x(*s, *c), *l.get(k)?))).collect();
+                p = p.series(r, &pts, palette(i));
+            }
+            let path = docs.join(format!("fashion-vp-val-{k}{suffix}.png"));
+            p.save(&path)?;
+            println!("wrote {}", path.display());
+        }
+    }
+
+    // Wall time per run.
+    let mut wall: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for l in jsonl(&out.join("train-times.jsonl")).unwrap_or_default() {
+        let (Some(run), Some(w), Some(to)) = (l["run"].as_str(), l["train_wall_s"].as_f64(), l["to_step"].as_u64())
+        else {
+            continue;
+        };
+        let e = wall.entry(run.to_string()).or_default();
+        e.0 += w;
+        e.1 = e.1.max(to);
+    }
+    println!("\n| run | steps reached (recorded segments) | training wall s (1 niced thread, shared machine) |");
+    println!("|---|---:|---:|");
+    for (run, (w, to)) in &wall {
+        println!("| {run} | {to} | {w:.0} |");
+    }
+    Ok(())
+}
