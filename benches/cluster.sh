@@ -29,19 +29,7 @@ if [ -z "${DATA:-}" ]; then
 fi
 [ -n "${DATA:-}" ] || { echo "cluster.sh: no Fashion-MNIST folder (run scripts/fetch-assets fashion-mnist, or set DATA)" >&2; exit 2; }
 
-VENV="$CACHE/torch-2.11.0-cu130"
-if [ -z "${PYTHON:-}" ]; then
-  if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-    PY=("$VENV/bin/python")
-  else
-    SITE="$(echo "$VENV"/lib/python3*/site-packages)"
-    PY=(env "PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}" python3)
-  fi
-else
-  PY=("$PYTHON")
-fi
-"${PY[@]}" -c 'import torch; assert torch.__version__.startswith("2.11"), torch.__version__' 2>/dev/null \
-  || { echo "cluster.sh: no python with torch 2.11 (set PYTHON)" >&2; exit 2; }
+. benches/python.sh cluster.sh
 [ -x "$MSDIFF" ] || scripts/with-libtorch cargo build --release >&2
 
 median() { sort -g | awk '{v[NR]=$1} END {print v[int(NR/2)+1]}'; }  # upper median

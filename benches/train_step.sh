@@ -21,21 +21,7 @@ PRESETS="${PRESETS:-reference-6.5m:32 small-multistage:64 small-unified:64}"
 MSDIFF="${MSDIFF:-./target/release/msdiff}"
 LOG="${LOG:-$(mktemp -t train_step.XXXXXX.log)}"
 
-# Python with PyTorch 2.11: the libtorch venv's python, or (the venv was moved after creation)
-# the system python3 pointed at the venv's site-packages.
-VENV="${MSDIFF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/msdiff}/torch-2.11.0-cu130"
-if [ -z "${PYTHON:-}" ]; then
-  if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-    PY=("$VENV/bin/python")
-  else
-    SITE="$(echo "$VENV"/lib/python3*/site-packages)"
-    PY=(env "PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}" python3)
-  fi
-else
-  PY=("$PYTHON")
-fi
-"${PY[@]}" -c 'import torch; assert torch.__version__.startswith("2.11"), torch.__version__' 2>/dev/null \
-  || { echo "train_step.sh: no python with torch 2.11 (set PYTHON)" >&2; exit 2; }
+. benches/python.sh train_step.sh
 
 [ -x "$MSDIFF" ] || scripts/with-libtorch cargo build --release >&2
 

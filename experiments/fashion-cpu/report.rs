@@ -16,6 +16,7 @@
 //! handles each sample, averaged with the training's stage probabilities (`objective.weights`):
 //! `3 * sum_j p_j * stage_gflops_j`, with the analytic counts of `msdiff info`.
 use anyhow::{bail, Context, Result};
+use msdiff::io::jsonl::read_jsonl;
 use msdiff::objective::StageSampler;
 use msdiff::plot::{palette, Plot};
 use msdiff::train::ResolvedConfig;
@@ -63,11 +64,6 @@ impl Run {
     fn tflop(&self, steps: f64) -> f64 {
         steps * self.cfg.train.batch as f64 * self.train_gflop_per_image() / 1e3
     }
-}
-
-fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
 
 /// First step at which the FID curve reaches `target`, interpolated linearly between evaluations;

@@ -15,10 +15,10 @@
 //! (`DOCS/fashion-vp-val-k-flops.png`: the run's stage policy x each stage network's cost) and
 //! against the paper's convention (`DOCS/fashion-vp-val-k-paper-flops.png`: stage GFLOPs weighted
 //! by interval length, whatever the policy).
-use anyhow::{Context, Result};
+use anyhow::Result;
+use msdiff::io::jsonl::{floats, read_jsonl};
 use msdiff::plot::{palette, Plot};
 use msdiff::train::TrainConfig;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -31,18 +31,6 @@ type ValLoss = BTreeMap<String, BTreeMap<u64, (u64, Vec<f64>, Vec<f64>)>>;
 
 /// A plot's x axis: file-name suffix, label, and x from (step, (actual, paper) GFLOP per image).
 type Axis = (&'static str, &'static str, fn(u64, (f64, f64)) -> f64);
-
-fn jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}", path.display())))
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
-}
 
 /// The run a checkpoint path belongs to: `.../RUN/checkpoints/step-N`.
 fn run_of(checkpoint: &str) -> Option<String> {
@@ -68,7 +56,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&docs)?;
 
     let mut val: ValLoss = BTreeMap::new();
-    for l in jsonl(&out.join("val-loss.jsonl"))? {
+    for l in read_jsonl(&out.join("val-loss.jsonl"))? {
         let (Some(run), Some(step), Some(n)) =
             (l["checkpoint"].as_str().and_then(run_of), l["step"].as_u64(), l["n"].as_u64())
         else {
@@ -135,7 +123,7 @@ fn main() -> Result<()> {
 
     // Wall time per run.
     let mut wall: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    for l in jsonl(&out.join("train-times.jsonl")).unwrap_or_default() {
+    for l in read_jsonl(&out.join("train-times.jsonl")).unwrap_or_default() {
         let (Some(run), Some(w), Some(to)) = (l["run"].as_str(), l["train_wall_s"].as_f64(), l["to_step"].as_u64())
         else {
             continue;

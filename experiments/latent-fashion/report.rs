@@ -11,28 +11,16 @@
 //! (per-interval validation loss against training iterations, one panel per interval) and copies
 //! each run's sample grid to `DOCS/fashion-ldm-<run>-samples.png`; prints the Markdown tables of
 //! docs/LATENT.md §7.
-use anyhow::{Context, Result};
+use anyhow::Result;
+use msdiff::io::jsonl::{floats, read_jsonl};
 use msdiff::plot::{palette, Plot};
-use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const RUNS: [&str; 2] = ["unified", "multistage"];
 
 /// Per run, per step: the per-interval losses and their standard errors.
 type ValLoss = BTreeMap<String, BTreeMap<u64, (Vec<f64>, Vec<f64>)>>;
-
-fn jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}", path.display())))
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,7 +30,7 @@ fn main() -> Result<()> {
 
     // Per-interval validation loss: run -> step -> (loss, stderr) per interval.
     let mut val: ValLoss = BTreeMap::new();
-    for l in jsonl(&out.join("val-loss.jsonl"))? {
+    for l in read_jsonl(&out.join("val-loss.jsonl"))? {
         let (Some(run), Some(step)) = (l["run"].as_str(), l["step"].as_u64()) else { continue };
         val.entry(run.to_string()).or_default().insert(step, (floats(&l["loss"]), floats(&l["stderr"])));
     }
@@ -81,8 +69,8 @@ fn main() -> Result<()> {
     // FID and wall times.
     println!("\n| run | step | FID (N) | sampling s | training wall s |");
     println!("|---|---:|---:|---:|---:|");
-    let times = jsonl(&out.join("times.jsonl")).unwrap_or_default();
-    for l in jsonl(&out.join("eval.jsonl"))? {
+    let times = read_jsonl(&out.join("times.jsonl")).unwrap_or_default();
+    for l in read_jsonl(&out.join("eval.jsonl"))? {
         let run = l["run"].as_str().unwrap_or("?");
         let train: f64 = times
             .iter()

@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod image;
+pub mod jsonl;
 pub mod npy;
 pub mod samples;
 
