@@ -608,12 +608,22 @@ fn val_loss_scores_every_checkpoint_reproducibly() {
     };
     let o = args(&["--all", "--log", log.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = args(&["--log", log.to_str().unwrap()]);
+    let per = d.join("per-image");
+    let o = args(&["--log", log.to_str().unwrap(), "--per-image", per.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 4]);
     assert_eq!(lines[1]["loss"], lines[2]["loss"], "the same checkpoint and seed must score the same");
+    // --per-image: [K, n] losses at DIR/RUN/step-N.npy whose row means are the logged losses.
+    let npy = per.join(run.file_name().unwrap()).join("step-4.npy");
+    assert_eq!(lines[2]["per_image"].as_str(), Some(npy.to_str().unwrap()));
+    let t = msdiff::io::read_npy(&npy).unwrap();
+    assert_eq!(t.size(), [3, 12]);
+    let means = Vec::<f64>::try_from(t.mean_dim(1, false, tch::Kind::Double)).unwrap();
+    for (m, l) in means.iter().zip(lines[2]["loss"].as_array().unwrap()) {
+        assert!((m - l.as_f64().unwrap()).abs() < 1e-12, "per-image mean {m} vs logged {l}");
+    }
     assert_ne!(lines[0]["loss"], lines[1]["loss"], "two checkpoints scored the same");
     assert_eq!(lines[0]["loss"].as_array().unwrap().len(), 3);
     assert_user_error(&args(&["--cuts", "0.7,0.3"]), "--cuts must be increasing");

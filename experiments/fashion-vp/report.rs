@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Reads `OUT/val-loss.jsonl` (eval.sh: `msdiff val-loss --log` lines; the run is the folder above
-//! `checkpoints/`; for each (run, step) the evaluation on the most images is kept),
+//! `checkpoints/`; for each (run, step) the evaluation on the most images is kept), the per-image
+//! losses in `OUT/val-per-image/RUN/step-N.npy` (for the paired differences to the unified model),
 //! `OUT/train-times.jsonl` (run.sh's training segments) and each run's configuration
 //! (`experiments/fashion-vp/RUN.toml`) for the compute accounting; prints the Markdown tables of
 //! docs/RESULTS.md part 2 and writes, per stage interval k, the validation loss against training
@@ -94,6 +95,32 @@ fn main() -> Result<()> {
             })
             .collect();
         println!("| {s} | {} |", cells.join(" | "));
+    }
+
+    // Paired differences against the unified model: the same images, times and noise (common
+    // random numbers), so the standard error of a difference is that of the per-image differences.
+    let per_image = out.join("val-per-image");
+    if per_image.is_dir() {
+        println!("\n| step | run | loss - unified, per interval (paired, +- standard error) |");
+        println!("|---:|---|---|");
+        for s in steps.iter().filter(|s| *s % 1000 == 0) {
+            let Ok(base) = msdiff::io::read_npy(&per_image.join("unified").join(format!("step-{s}.npy"))) else {
+                continue;
+            };
+            for r in runs.iter().filter(|r| **r != "unified") {
+                let Ok(other) = msdiff::io::read_npy(&per_image.join(r).join(format!("step-{s}.npy"))) else {
+                    continue;
+                };
+                anyhow::ensure!(other.size() == base.size(), "{r} step {s}: per-image losses of another shape");
+                let d = (other - &base).to_kind(tch::Kind::Double);
+                let n = d.size()[1] as f64;
+                let mean = Vec::<f64>::try_from(d.mean_dim(1, false, tch::Kind::Double))?;
+                let sd = Vec::<f64>::try_from(d.std_correction([1i64].as_slice(), 1, false))?;
+                let cells: Vec<String> =
+                    mean.iter().zip(&sd).map(|(m, sd)| format!("{m:+.5} +- {:.5}", sd / n.sqrt())).collect();
+                println!("| {s} | {r} | {} |", cells.join(" / "));
+            }
+        }
     }
 
     // Plots: per interval, against iterations and both FLOP accountings.

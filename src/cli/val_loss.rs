@@ -9,6 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use tch::Tensor;
 
 #[derive(Args, Debug)]
 pub struct ValLossArgs {
@@ -45,6 +46,11 @@ pub struct ValLossArgs {
     /// Append one JSON line per checkpoint to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Also write every image's loss per interval, `[K, n]` f64, to DIR/RUN/step-N.npy (RUN: the
+    /// checkpoint's run folder name): two models scored with the same --seed and images pair up
+    /// image by image, so the standard error of their difference can be computed.
+    #[arg(long, value_name = "DIR")]
+    pub per_image: Option<PathBuf>,
 }
 
 pub fn run(g: &Global, a: ValLossArgs) -> Result<i32> {
@@ -126,10 +132,22 @@ pub fn run(g: &Global, a: ValLossArgs) -> Result<i32> {
         bar.finish_and_clear();
         let cells: Vec<String> = r.loss.iter().zip(&r.stderr).map(|(l, s)| format!("{l:.5} +- {s:.5}")).collect();
         println!("{} (step {}, {}): {}", ckpt.display(), l.step, if a.raw { "raw" } else { "EMA" }, cells.join(" | "));
+        let per_image = match &a.per_image {
+            Some(dir) => {
+                let run = ckpt.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).unwrap_or_default();
+                let path = dir.join(run).join(format!("step-{}.npy", l.step));
+                crate::io::ensure_parent_dir(&path)?;
+                let rows: Vec<Tensor> = r.per_image.iter().map(|v| Tensor::from_slice(v)).collect();
+                crate::io::write_npy(&path, &Tensor::stack(&rows, 0))?;
+                Some(path)
+            }
+            None => None,
+        };
         if let Some(f) = log.as_mut() {
             let line = serde_json::json!({
                 "checkpoint": ckpt, "step": l.step, "weights": if a.raw { "raw" } else { "ema" },
                 "data": a.data, "t_edges": r.t_edges, "loss": r.loss, "stderr": r.stderr, "n": r.n, "seed": r.seed,
+                "per_image": per_image,
             });
             writeln!(f, "{line}").context("cannot write --log")?;
         }

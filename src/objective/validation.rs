@@ -34,6 +34,11 @@ pub struct IntervalLosses {
     /// Images per interval.
     pub n: usize,
     pub seed: u64,
+    /// Every image's loss, per interval (`[K][n]`, in image order): with the common random numbers
+    /// above, two models' per-image losses pair up, and the standard error of their difference is
+    /// far below the two means' own (`msdiff val-loss --per-image`).
+    #[serde(skip)]
+    pub per_image: Vec<Vec<f64>>,
 }
 
 /// Where and how to score.
@@ -99,7 +104,14 @@ pub fn interval_losses(
         .map(|(v, m)| (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 / v.len() as f64).sqrt())
         .collect();
     ensure!(loss.iter().all(|l| l.is_finite()), "the validation loss is not finite ({loss:?})");
-    Ok(IntervalLosses { t_edges: (0..k).map(|j| sampler.t_interval(j)).collect(), loss, stderr, n, seed })
+    Ok(IntervalLosses {
+        t_edges: (0..k).map(|j| sampler.t_interval(j)).collect(),
+        loss,
+        stderr,
+        n,
+        seed,
+        per_image: per,
+    })
 }
 
 #[cfg(test)]
