@@ -13,6 +13,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "shim.h"
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -22,38 +24,8 @@
 
 namespace {
 
-char* dup(const std::string& s) {
-  char* p = static_cast<char*>(std::malloc(s.size() + 1));
-  if (p != nullptr) {
-    std::memcpy(p, s.c_str(), s.size() + 1);
-  }
-  return p;
-}
-
-// c10 errors carry a long C++ backtrace after the message: keep the message.
-std::string first_lines(const char* what) {
-  std::string s(what);
-  auto pos = s.find("\nException raised from");
-  if (pos != std::string::npos) s = s.substr(0, pos);
-  pos = s.find("\nframe #");
-  if (pos != std::string::npos) s = s.substr(0, pos);
-  return s;
-}
-
-template <typename F>
-int guard(char** err, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    *err = dup(first_lines(e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    *err = dup(first_lines(e.what()));
-  } catch (...) {
-    *err = dup("unknown C++ exception");
-  }
-  return 1;
-}
+using msd::dup;
+using msd::guard;
 
 struct Store {
   c10::intrusive_ptr<c10d::Store> store;

@@ -3,24 +3,16 @@
 // AdamW's decoupled) weight decay in a single pass over each tensor (CPU: vectorised and
 // parallel; CUDA: multi-tensor kernels), instead of the ~7 passes of separate ops.
 //
-// Tensors arrive as tch's `C_tensor*`, i.e. `at::Tensor*` (libtch's torch_api.h). Errors come
-// back as a malloc'ed string (freed with msd_free_str, defined in dist_shim.cpp); no C++ exception
-// crosses into Rust.
+// Tensors arrive as tch's `C_tensor*`, i.e. `at::Tensor*` (libtch's torch_api.h). Errors as in
+// every shim (shim.h).
+#include "shim.h"
+
 #include <ATen/ATen.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <optional>
-#include <string>
 #include <vector>
 
 namespace {
-
-char* dup_str(const std::string& s) {
-  char* p = static_cast<char*>(std::malloc(s.size() + 1));
-  if (p != nullptr) std::memcpy(p, s.c_str(), s.size() + 1);
-  return p;
-}
 
 std::vector<at::Tensor> list(void* const* ts, int n) {
   std::vector<at::Tensor> v;
@@ -40,7 +32,7 @@ extern "C" {
 int msd_fused_adam(void* const* params, void* const* grads, void* const* exp_avgs, void* const* exp_avg_sqs,
                    void* const* steps, int n, double lr, double beta1, double beta2, double weight_decay,
                    double eps, int adamw, void* grad_scale, char** err) {
-  try {
+  return msd::guard(err, [&] {
     auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n),
          s = list(steps, n);
     // The CPU kernel walks raw memory: gradients must be dense (autograd's nearly always are).
@@ -52,15 +44,7 @@ int msd_fused_adam(void* const* params, void* const* grads, void* const* exp_avg
     } else {
       at::_fused_adam_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, false, false, scale, std::nullopt);
     }
-    return 0;
-  } catch (const c10::Error& e) {
-    *err = dup_str(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    *err = dup_str(e.what());
-  } catch (...) {
-    *err = dup_str("unknown C++ exception");
-  }
-  return 1;
+  });
 }
 
 }  // extern "C"

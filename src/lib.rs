@@ -22,6 +22,7 @@
 //! | [`rng`] | seeded, saveable random streams |
 //! | [`runtime`] | devices and threads |
 //! | [`dist`] | data-parallel training on libtorch's c10d (Gloo, NCCL) and `msdiff launch` |
+//! | `shim` | the calling convention of the C++ shims in `csrc/` (c10d, fused Adam) |
 //! | [`cli`] | the `msdiff` command line |
 
 pub mod autoencoder;
@@ -43,4 +44,5 @@ pub mod process;
 pub mod rng;
 pub mod runtime;
 pub mod sampler;
+mod shim;
 pub mod train;

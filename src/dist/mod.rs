@@ -8,17 +8,18 @@
 //! the trainer (like torch.distributed's default group). Without those variables nothing here
 //! runs and training is the plain one-process loop.
 use anyhow::{bail, ensure, Context, Result};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_void, CString};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tch::Tensor;
+
+use crate::shim::check;
 
 pub mod launch;
 
 mod ffi {
     use std::ffi::{c_char, c_int, c_longlong, c_void};
     extern "C" {
-        pub fn msd_free_str(s: *mut c_char);
         pub fn msd_has_nccl() -> c_int;
         pub fn msd_store_new(
             host: *const c_char,
@@ -56,22 +57,6 @@ mod ffi {
         pub fn msd_broadcast(g: *mut c_void, tensor: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
         pub fn msd_barrier(g: *mut c_void, err: *mut *mut c_char) -> c_int;
     }
-}
-
-/// Turn a shim call's status and error string into a `Result`.
-fn check(status: c_int, err: *mut c_char, what: &str) -> Result<()> {
-    if status == 0 {
-        return Ok(());
-    }
-    let msg = if err.is_null() {
-        "unknown error".to_string()
-    } else {
-        // SAFETY: the shim returns a NUL-terminated string from malloc, freed here once.
-        let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().trim().replace('\n', " ");
-        unsafe { ffi::msd_free_str(err) };
-        s
-    };
-    bail!("{what}: {msg}")
 }
 
 /// Whether this build has NCCL compiled in (the linked libtorch has CUDA and the headers were there).

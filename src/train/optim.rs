@@ -120,7 +120,7 @@ impl OptimConfig {
 }
 
 extern "C" {
-    // csrc/optim_shim.cpp (and msd_free_str from csrc/dist_shim.cpp).
+    // csrc/optim_shim.cpp (errors: crate::shim).
     fn msd_fused_adam(
         params: *const *mut c_void,
         grads: *const *mut c_void,
@@ -137,7 +137,6 @@ extern "C" {
         grad_scale: *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn msd_free_str(s: *mut c_char);
 }
 
 /// Adam's state of one parameter.
@@ -297,12 +296,7 @@ impl Adam {
                     &mut err,
                 )
             };
-            if st != 0 {
-                // SAFETY: on failure the shim sets err to a malloc'ed C string.
-                let msg = unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned();
-                unsafe { msd_free_str(err) };
-                anyhow::bail!("the Adam step failed in libtorch: {msg}");
-            }
+            crate::shim::check(st, err, "the Adam step failed in libtorch")?;
         }
         Ok(StepInfo { grad_norm, updated: with_grad.len(), skipped })
     }
