@@ -379,19 +379,18 @@ impl OptimalDenoiser {
                 (false, false) => dense.push(r as i64),
             }
         }
-        let mut m = Tensor::zeros([rows, self.dim()], (Kind::Double, device));
-        if dense.len() == rows as usize {
-            m = (w.mm(&self.data) / w.sum_dim_intlist(1, true, Kind::Float)).to_kind(Kind::Double);
-        } else if !dense.is_empty() {
+        let m = Tensor::zeros([rows, self.dim()], (Kind::Double, device));
+        if !dense.is_empty() {
             let idx = Tensor::from_slice(&dense).to_device(device);
-            let wd = w.index_select(0, &idx);
+            // The weights of those rows (a copy only if some rows are left out).
+            let wd = if dense.len() == rows as usize { w.shallow_clone() } else { w.index_select(0, &idx) };
             let md = (wd.mm(&self.data) / wd.sum_dim_intlist(1, true, Kind::Float)).to_kind(Kind::Double);
-            let _ = m.index_copy_(0, &idx, &md);
+            let _ = m.shallow_clone().index_copy_(0, &idx, &md);
         }
         if !onehot.is_empty() {
             let idx = Tensor::from_slice(&onehot).to_device(device);
             let nearest = top_idx.select(1, 0).index_select(0, &idx);
-            let _ = m.index_copy_(0, &idx, &self.data.index_select(0, &nearest).to_kind(Kind::Double));
+            let _ = m.shallow_clone().index_copy_(0, &idx, &self.data.index_select(0, &nearest).to_kind(Kind::Double));
         }
         let lmax_cpu = vec_f64(&lmax.squeeze_dim(1));
         // Dropping points whose weight is below e^-cutoff of the largest moves the mean by less
