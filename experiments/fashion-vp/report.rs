@@ -15,7 +15,9 @@
 //! iterations (`DOCS/fashion-vp-val-k.png`), against the actual training FLOPs
 //! (`DOCS/fashion-vp-val-k-flops.png`: the run's stage policy x each stage network's cost) and
 //! against the paper's convention (`DOCS/fashion-vp-val-k-paper-flops.png`: stage GFLOPs weighted
-//! by interval length, whatever the policy).
+//! by interval length, whatever the policy). For every other run and interval it prints the unified
+//! model's iterations to the same validation loss (the compute-to-match ratios), and, from
+//! `OUT/fid.jsonl` (fid.sh), the FID table and `DOCS/fashion-vp-fid{,-flops,-paper-flops}.png`.
 use anyhow::Result;
 use msdiff::io::jsonl::{floats, read_jsonl};
 use msdiff::plot::{palette, Plot};
@@ -47,6 +49,42 @@ fn gflop_per_image(here: &Path, run: &str) -> Result<(f64, f64)> {
     let shape = msdiff::train::config::declared_shape(&tc.model)?;
     let c = tc.resolve(here, shape)?.compute()?;
     Ok((c.train_fwd_gflop_per_image, c.interval_weighted_gflop))
+}
+
+/// The x axes of every curve: iterations, actual training FLOPs, the paper's convention.
+fn x_axes() -> [Axis; 3] {
+    [
+        ("", "training iterations (batch 64)", |s, _| s as f64),
+        ("-flops", "training PFLOP: actual (policy x stage cost)", |s, c| s as f64 * BATCH * 3.0 * c.0 / 1e6),
+        ("-paper-flops", "training PFLOP: paper (interval-weighted)", |s, c| s as f64 * BATCH * 3.0 * c.1 / 1e6),
+    ]
+}
+
+/// Where a loss falls on the unified model's curve.
+enum Crossing {
+    /// The (interpolated) unified step with that loss.
+    At(f64),
+    /// Lower than every unified checkpoint (the last step).
+    Below(f64),
+    /// Higher than every unified checkpoint (the first step).
+    Above(f64),
+}
+
+/// The first unified step at which interval `k`'s loss falls to `loss`: linear in log loss between
+/// the two checkpoints that bracket it.
+fn unified_steps_to(curve: &[(f64, Vec<f64>)], k: usize, loss: f64) -> Crossing {
+    let Some(first) = curve.first() else { return Crossing::Above(0.0) };
+    if loss >= first.1[k] {
+        return Crossing::Above(first.0);
+    }
+    for w in curve.windows(2) {
+        let ((s0, l0), (s1, l1)) = ((w[0].0, w[0].1[k]), (w[1].0, w[1].1[k]));
+        if loss <= l0 && loss >= l1 {
+            let f = if l0 > l1 { (l0.ln() - loss.ln()) / (l0.ln() - l1.ln()) } else { 0.0 };
+            return Crossing::At(s0 + f * (s1 - s0));
+        }
+    }
+    Crossing::Below(curve[curve.len() - 1].0)
 }
 
 fn main() -> Result<()> {
@@ -123,13 +161,75 @@ fn main() -> Result<()> {
         }
     }
 
+    // Compute to match: the unified model's iterations at which its validation loss equals another
+    // run's (per interval; linear interpolation in log loss between the unified checkpoints, the first
+    // crossing), and the ratios in iterations and in both FLOP accountings (< 1: the other run
+    // reaches that loss with less training).
+    if let Some(u) = val.get("unified") {
+        // Cadence checkpoints only (an off-cadence one, from a stop, may be scored on fewer images).
+        let ucurve: Vec<(f64, Vec<f64>)> =
+            u.iter().filter(|(s, _)| *s % 1000 == 0).map(|(s, (_, l, _))| (*s as f64, l.clone())).collect();
+        let uc = cost["unified"];
+        println!("\n| step | run | unified iterations to the same loss, per interval (ratio: iterations / actual FLOPs / paper FLOPs) |");
+        println!("|---:|---|---|");
+        for r in runs.iter().filter(|r| **r != "unified") {
+            let rc = cost[r];
+            for (s, (_, l, _)) in val[*r].iter().filter(|(s, _)| *s % 2000 == 0) {
+                let cells: Vec<String> = l
+                    .iter()
+                    .enumerate()
+                    .map(|(k, lk)| match unified_steps_to(&ucurve, k, *lk) {
+                        Crossing::At(su) => {
+                            let it = *s as f64 / su;
+                            format!("{su:.0} ({it:.2} / {:.2} / {:.2})", it * rc.0 / uc.0, it * rc.1 / uc.1)
+                        }
+                        Crossing::Below(last) => format!("> {last:.0} (beyond the unified run)"),
+                        Crossing::Above(first) => format!("< {first:.0}"),
+                    })
+                    .collect();
+                println!("| {s} | {r} | {} |", cells.join(" / "));
+            }
+        }
+    }
+
+    // FID (fid.sh): table and plots against iterations and actual FLOPs.
+    let mut fid: BTreeMap<String, BTreeMap<u64, (f64, u64)>> = BTreeMap::new();
+    for l in read_jsonl(&out.join("fid.jsonl")).unwrap_or_default() {
+        let (Some(run), Some(step), Some(f), Some(n)) =
+            (l["run"].as_str(), l["step"].as_u64(), l["fid"].as_f64(), l["n"].as_u64())
+        else {
+            continue;
+        };
+        fid.entry(run.to_string()).or_default().insert(step, (f, n));
+    }
+    if !fid.is_empty() {
+        println!("\n| run | step | FID (N) | actual training PFLOP | paper-convention PFLOP |");
+        println!("|---|---:|---:|---:|---:|");
+        for r in RUNS {
+            let (Some(m), Some(c)) = (fid.get(r), cost.get(r)) else { continue };
+            for (s, (f, n)) in m {
+                let pf = |g: f64| *s as f64 * BATCH * 3.0 * g / 1e6;
+                println!("| {r} | {s} | {f:.2} ({n}) | {:.3} | {:.3} |", pf(c.0), pf(c.1));
+            }
+        }
+        for (suffix, xlabel, x) in x_axes() {
+            let mut p = Plot::new("FID (10k samples, DPM-Solver-3 20 NFE) vs training", 520, 340)
+                .xlabel(xlabel)
+                .ylabel("FID vs Fashion-MNIST train");
+            for (i, r) in RUNS.iter().enumerate() {
+                let (Some(m), Some(c)) = (fid.get(*r), cost.get(r)) else { continue };
+                let pts: Vec<(f64, f64)> = m.iter().map(|(s, (f, _))| (x(*s, *c), *f)).collect();
+                p = p.series(r, &pts, palette(i));
+            }
+            let path = docs.join(format!("fashion-vp-fid{suffix}.png"));
+            p.save(&path)?;
+            println!("wrote {}", path.display());
+        }
+    }
+
     // Plots: per interval, against iterations and both FLOP accountings.
     let intervals = val.values().flat_map(|m| m.values()).map(|(_, l, _)| l.len()).max().unwrap_or(0);
-    let axes: [Axis; 3] = [
-        ("", "training iterations (batch 64)", |s, _| s as f64),
-        ("-flops", "training PFLOP: actual (policy x stage cost)", |s, c| s as f64 * BATCH * 3.0 * c.0 / 1e6),
-        ("-paper-flops", "training PFLOP: paper (interval-weighted)", |s, c| s as f64 * BATCH * 3.0 * c.1 / 1e6),
-    ];
+    let axes = x_axes();
     for k in 0..intervals {
         for (suffix, xlabel, x) in axes {
             let mut p = Plot::new(&format!("validation loss, stage {k}'s interval (Fashion-MNIST test)"), 520, 340)
