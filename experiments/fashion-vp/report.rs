@@ -17,10 +17,11 @@
 //! against the paper's convention (`DOCS/fashion-vp-val-k-paper-flops.png`: stage GFLOPs weighted
 //! by interval length, whatever the policy). For every other run and interval it prints the unified
 //! model's iterations to the same validation loss (the compute-to-match ratios), and, from
-//! `OUT/fid.jsonl` (fid.sh), the FID table and `DOCS/fashion-vp-fid{,-flops,-paper-flops}.png`.
+//! `OUT/fid.jsonl` (fid.sh), the FID table and `DOCS/fashion-vp-fid{,-flops,-paper-flops}.png`;
+//! the paired differences to the unified model, per interval, go to `DOCS/fashion-vp-diff-k.png`.
 use anyhow::Result;
 use msdiff::io::jsonl::{floats, read_jsonl};
-use msdiff::plot::{palette, Plot};
+use msdiff::plot::{palette, Plot, Style};
 use msdiff::train::TrainConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,7 @@ fn main() -> Result<()> {
 
     // Paired differences against the unified model: the same images, times and noise (common
     // random numbers), so the standard error of a difference is that of the per-image differences.
+    let mut paired: BTreeMap<String, Vec<(u64, Vec<f64>, Vec<f64>)>> = BTreeMap::new();
     let per_image = out.join("val-per-image");
     if per_image.is_dir() {
         println!("\n| step | run | loss - unified, per interval (paired, +- standard error) |");
@@ -154,11 +156,32 @@ fn main() -> Result<()> {
                 let n = d.size()[1] as f64;
                 let mean = Vec::<f64>::try_from(d.mean_dim(1, false, tch::Kind::Double))?;
                 let sd = Vec::<f64>::try_from(d.std_correction([1i64].as_slice(), 1, false))?;
-                let cells: Vec<String> =
-                    mean.iter().zip(&sd).map(|(m, sd)| format!("{m:+.5} +- {:.5}", sd / n.sqrt())).collect();
+                let se: Vec<f64> = sd.iter().map(|sd| sd / n.sqrt()).collect();
+                let cells: Vec<String> = mean.iter().zip(&se).map(|(m, se)| format!("{m:+.5} +- {se:.5}")).collect();
                 println!("| {s} | {r} | {} |", cells.join(" / "));
+                paired.entry(r.to_string()).or_default().push((*s, mean, se));
             }
         }
+    }
+
+    // Plots of the paired differences, per interval: mean and +- 2 standard errors.
+    let n_paired = paired.values().flatten().map(|(_, m, _)| m.len()).max().unwrap_or(0);
+    for k in 0..n_paired {
+        let mut p = Plot::new(&format!("loss - unified, stage {k}'s interval (paired, +- 2 SE)"), 520, 340)
+            .xlabel("training iterations (batch 64)")
+            .ylabel("eps loss difference (EMA weights)")
+            .hline(0.0, "", palette(0));
+        for (i, r) in RUNS.iter().enumerate() {
+            let Some(d) = paired.get(*r) else { continue };
+            let at = |f: f64| -> Vec<(f64, f64)> { d.iter().map(|(s, m, e)| (*s as f64, m[k] + f * e[k])).collect() };
+            p = p
+                .series_styled(r, &at(0.0), palette(i), Style::LinePoints)
+                .series_styled("", &at(2.0), palette(i), Style::Points)
+                .series_styled("", &at(-2.0), palette(i), Style::Points);
+        }
+        let path = docs.join(format!("fashion-vp-diff-{k}.png"));
+        p.save(&path)?;
+        println!("wrote {}", path.display());
     }
 
     // Compute to match: the unified model's iterations at which its validation loss equals another
@@ -238,8 +261,12 @@ fn main() -> Result<()> {
                 .log_y(true);
             for (i, r) in RUNS.iter().enumerate() {
                 let (Some(m), Some(c)) = (val.get(*r), cost.get(r)) else { continue };
-                let pts: Vec<(f64, f64)> =
-                    m.iter().filter_map(|(s, (_, l, _))| Some((x(*s, *c), *l.get(k)?))).collect();
+                // Cadence checkpoints (an off-cadence one, from a stop, may be scored on fewer images).
+                let pts: Vec<(f64, f64)> = m
+                    .iter()
+                    .filter(|(s, _)| *s % 1000 == 0 && **s > 0)
+                    .filter_map(|(s, (_, l, _))| Some((x(*s, *c), *l.get(k)?)))
+                    .collect();
                 p = p.series(r, &pts, palette(i));
             }
             let path = docs.join(format!("fashion-vp-val-{k}{suffix}.png"));
