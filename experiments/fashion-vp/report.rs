@@ -33,6 +33,9 @@ const BATCH: f64 = 64.0;
 /// Per run, per step: (images evaluated, per-interval losses, their standard errors).
 type ValLoss = BTreeMap<String, BTreeMap<u64, (u64, Vec<f64>, Vec<f64>)>>;
 
+/// Per run: (step, mean per-interval loss difference to the unified model, its standard errors).
+type Paired = BTreeMap<String, Vec<(u64, Vec<f64>, Vec<f64>)>>;
+
 /// A plot's x axis: file-name suffix, label, and x from (step, (actual, paper) GFLOP per image).
 type Axis = (&'static str, &'static str, fn(u64, (f64, f64)) -> f64);
 
@@ -138,7 +141,7 @@ fn main() -> Result<()> {
 
     // Paired differences against the unified model: the same images, times and noise (common
     // random numbers), so the standard error of a difference is that of the per-image differences.
-    let mut paired: BTreeMap<String, Vec<(u64, Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+    let mut paired: Paired = BTreeMap::new();
     let per_image = out.join("val-per-image");
     if per_image.is_dir() {
         println!("\n| step | run | loss - unified, per interval (paired, +- standard error) |");
