@@ -55,12 +55,23 @@ fn gflop_per_image(here: &Path, run: &str) -> Result<(f64, f64)> {
     Ok((c.train_fwd_gflop_per_image, c.interval_weighted_gflop))
 }
 
+/// Training PFLOP after `step` steps at `gflop` forward GFLOP per image (backward = 2x forward).
+fn pflop(step: u64, gflop: f64) -> f64 {
+    step as f64 * BATCH * 3.0 * gflop / 1e6
+}
+
+/// Whether a step is on the checkpoint cadence: an off-cadence checkpoint, from a stop, may have
+/// been scored on fewer images, so tables, curves and crossings use the cadence ones only.
+fn cadence(step: u64) -> bool {
+    step > 0 && step % 1000 == 0
+}
+
 /// The x axes of every curve: iterations, actual training FLOPs, the paper's convention.
 fn x_axes() -> [Axis; 3] {
     [
         ("", "training iterations (batch 64)", |s, _| s as f64),
-        ("-flops", "training PFLOP: actual (policy x stage cost)", |s, c| s as f64 * BATCH * 3.0 * c.0 / 1e6),
-        ("-paper-flops", "training PFLOP: paper (interval-weighted)", |s, c| s as f64 * BATCH * 3.0 * c.1 / 1e6),
+        ("-flops", "training PFLOP: actual (policy x stage cost)", |s, c| pflop(s, c.0)),
+        ("-paper-flops", "training PFLOP: paper (interval-weighted)", |s, c| pflop(s, c.1)),
     ]
 }
 
@@ -126,7 +137,7 @@ fn main() -> Result<()> {
     println!("\n| step | {} |", runs.join(" | "));
     println!("|---:|{}", "---|".repeat(runs.len()));
     let steps: std::collections::BTreeSet<u64> = val.values().flat_map(|m| m.keys().copied()).collect();
-    for s in steps.iter().filter(|s| *s % 1000 == 0) {
+    for s in steps.iter().filter(|s| cadence(**s)) {
         let cells: Vec<String> = runs
             .iter()
             .map(|r| match val.get(*r).and_then(|m| m.get(s)) {
@@ -146,7 +157,7 @@ fn main() -> Result<()> {
     if per_image.is_dir() {
         println!("\n| step | run | loss - unified, per interval (paired, +- standard error) |");
         println!("|---:|---|---|");
-        for s in steps.iter().filter(|s| *s % 1000 == 0) {
+        for s in steps.iter().filter(|s| cadence(**s)) {
             let Ok(base) = msdiff::io::read_npy(&per_image.join("unified").join(format!("step-{s}.npy"))) else {
                 continue;
             };
@@ -192,9 +203,8 @@ fn main() -> Result<()> {
     // crossing), and the ratios in iterations and in both FLOP accountings (< 1: the other run
     // reaches that loss with less training).
     if let Some(u) = val.get("unified") {
-        // Cadence checkpoints only (an off-cadence one, from a stop, may be scored on fewer images).
         let ucurve: Vec<(f64, Vec<f64>)> =
-            u.iter().filter(|(s, _)| *s % 1000 == 0).map(|(s, (_, l, _))| (*s as f64, l.clone())).collect();
+            u.iter().filter(|(s, _)| cadence(**s)).map(|(s, (_, l, _))| (*s as f64, l.clone())).collect();
         let uc = cost["unified"];
         println!("\n| step | run | unified iterations to the same loss, per interval (ratio: iterations / actual FLOPs / paper FLOPs) |");
         println!("|---:|---|---|");
@@ -234,8 +244,7 @@ fn main() -> Result<()> {
         for r in RUNS {
             let (Some(m), Some(c)) = (fid.get(r), cost.get(r)) else { continue };
             for (s, (f, n)) in m {
-                let pf = |g: f64| *s as f64 * BATCH * 3.0 * g / 1e6;
-                println!("| {r} | {s} | {f:.2} ({n}) | {:.3} | {:.3} |", pf(c.0), pf(c.1));
+                println!("| {r} | {s} | {f:.2} ({n}) | {:.3} | {:.3} |", pflop(*s, c.0), pflop(*s, c.1));
             }
         }
         for (suffix, xlabel, x) in x_axes() {
@@ -264,10 +273,9 @@ fn main() -> Result<()> {
                 .log_y(true);
             for (i, r) in RUNS.iter().enumerate() {
                 let (Some(m), Some(c)) = (val.get(*r), cost.get(r)) else { continue };
-                // Cadence checkpoints (an off-cadence one, from a stop, may be scored on fewer images).
                 let pts: Vec<(f64, f64)> = m
                     .iter()
-                    .filter(|(s, _)| *s % 1000 == 0 && **s > 0)
+                    .filter(|(s, _)| cadence(**s))
                     .filter_map(|(s, (_, l, _))| Some((x(*s, *c), *l.get(k)?)))
                     .collect();
                 p = p.series(r, &pts, palette(i));
