@@ -6,7 +6,10 @@
 # (from anywhere; it cd's to the repository root). Env: OUT (default $HOME/msdiff-runs/fashion-vp, outside the
 # clone so the next session can resume; checkpoints are never committed), MSDIFF (default
 # $HOME/msdiff-runs/bin/msdiff: a frozen copy of a release build, so that rebuilds of target/release/msdiff,
-# sometimes broken mid-edit, do not disturb hours of training; the first copy is HEAD caea6bc), STEPS (20000).
+# sometimes broken mid-edit, do not disturb hours of training; the first copy is HEAD caea6bc), STEPS (20000),
+# THREADS (1: libtorch threads per lane; 2 for a single lane on an otherwise idle 2-core machine), LANE_A
+# ("unified ms-mixed") and LANE_B ("multistage separate"): the runs of each lane in order; set to nothing
+# (LANE_B=) for an empty lane, e.g. one run on both cores: STEPS=10000 THREADS=2 LANE_A=separate LANE_B= run.sh.
 #
 # The recipe (every config of this folder; they differ only in decoders, architecture, stage policy, split):
 #   VP-SDE (beta 0.1 .. 20), eps prediction, t ~ U[1e-5, 1]; stage j drawn with probability 1/3 (weights =
@@ -33,7 +36,7 @@
 #   so 20k steps ~ 2.5-3.1 h of one core each; lane A ~ 5.7 h, lane B ~ 5.2 h when the machine is idle,
 #   longer while builds run (the lanes then get 15-45 % of a core: 1-3 s/step).
 #
-# CPU discipline: two lanes, each one libtorch thread (--threads 1, OMP_NUM_THREADS=1,
+# CPU discipline: two lanes, each one libtorch thread by default (--threads 1, OMP_NUM_THREADS=1,
 # OMP_WAIT_POLICY=PASSIVE) under nice -n 19, and the session's autogroup niced to 19 as well (see below;
 # hence `setsid`), so builds and tests of other work keep priority and the lanes use the idle cores (a
 # multi-threaded libtorch job sharing cores with a build was measured up to 138x slower).
@@ -71,8 +74,9 @@ HERE=$PWD/experiments/fashion-vp
 OUT=${OUT:-${1:-$HOME/msdiff-runs/fashion-vp}}
 BIN=${MSDIFF:-$HOME/msdiff-runs/bin/msdiff}
 STEPS=${STEPS:-20000}
-LANE_A=${LANE_A:-"unified ms-mixed"}
-LANE_B=${LANE_B:-"multistage separate"}
+THREADS=${THREADS:-1}
+LANE_A=${LANE_A-"unified ms-mixed"}
+LANE_B=${LANE_B-"multistage separate"}
 [ -x "$BIN" ] || { echo "no binary at $BIN: cp target/release/msdiff \$HOME/msdiff-runs/bin/ (or set MSDIFF)" >&2; exit 2; }
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
@@ -112,15 +116,15 @@ train_run() { # lane run
     args=(--config "$HERE/$run.toml" --run "$OUT/$run")
   fi
   local t0=$SECONDS start; start=$(stamp)
-  nice -n 19 env OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE \
-    "$BIN" train "${args[@]}" --steps "$STEPS" --threads 1 --quiet >>"$OUT/$run.train.log" 2>&1 &
+  nice -n 19 env OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=PASSIVE \
+    "$BIN" train "${args[@]}" --steps "$STEPS" --threads "$THREADS" --quiet >>"$OUT/$run.train.log" 2>&1 &
   local pid=$!
   echo $pid >"$OUT/.lane-$lane.pid"
   wait $pid
   local rc=$?
   rm -f "$OUT/.lane-$lane.pid"
   local to; to=$(newest_step "$run"); to=${to:-0}
-  echo "{\"run\":\"$run\",\"lane\":\"$lane\",\"from_step\":$from,\"to_step\":$to,\"steps\":$STEPS,\"train_wall_s\":$((SECONDS - t0)),\"threads\":1,\"nice\":19,\"start\":\"$start\",\"end\":\"$(stamp)\",\"rc\":$rc}" >>"$OUT/train-times.jsonl"
+  echo "{\"run\":\"$run\",\"lane\":\"$lane\",\"from_step\":$from,\"to_step\":$to,\"steps\":$STEPS,\"train_wall_s\":$((SECONDS - t0)),\"threads\":$THREADS,\"nice\":19,\"start\":\"$start\",\"end\":\"$(stamp)\",\"rc\":$rc}" >>"$OUT/train-times.jsonl"
   echo "$(stamp) lane $lane: $run exited $rc at step $to"
   return $rc
 }
@@ -143,7 +147,7 @@ stop() {
   for l in A B; do [ -f "$OUT/.lane-$l.pid" ] && kill -INT "$(cat "$OUT/.lane-$l.pid")" 2>/dev/null; done
 }
 main() {
-  echo "$(stamp) fashion-vp: OUT=$OUT BIN=$BIN STEPS=$STEPS lane A: $LANE_A; lane B: $LANE_B"
+  echo "$(stamp) fashion-vp: OUT=$OUT BIN=$BIN STEPS=$STEPS THREADS=$THREADS lane A: $LANE_A; lane B: $LANE_B"
   # shellcheck disable=SC2086
   lane A $LANE_A & A=$!
   # shellcheck disable=SC2086
