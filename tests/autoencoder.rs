@@ -590,6 +590,12 @@ eval_every = 3
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         assert!(mean(&losses[30..]) < 0.7 * mean(&losses[..5]), "{losses:?}");
         assert!(out.eval.unwrap().psnr.is_finite());
+        // The CLI resumed from a checkpoint folder continues in that checkpoint's run folder
+        // (<run>/checkpoints/step-N -> <run>), not in the current directory.
+        let last = d.join("r/checkpoints/step-00000040");
+        let o = msdiff(&["autoencoder", "train", "--resume", last.to_str().unwrap(), "--steps", "42"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(d.join("r/checkpoints/step-00000042/state.json").is_file(), "resumed into the run folder");
         // Resuming with another configuration is refused, naming what differs.
         let other = AeTrainConfig::from_toml(
             &config("tiny-kl", "").replace("lr = 1e-3", "lr = 2e-3").replace("disc_weight = 0.5", "disc_weight = 0.0"),

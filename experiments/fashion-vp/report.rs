@@ -286,8 +286,8 @@ fn main() -> Result<()> {
         }
     }
 
-    // Wall time per run.
-    let mut wall: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    // Wall time per run, with the libtorch thread counts its segments ran with (run.sh's THREADS).
+    let mut wall: BTreeMap<String, (f64, u64, std::collections::BTreeSet<u64>)> = BTreeMap::new();
     for l in read_jsonl(&out.join("train-times.jsonl")).unwrap_or_default() {
         let (Some(run), Some(w), Some(to)) = (l["run"].as_str(), l["train_wall_s"].as_f64(), l["to_step"].as_u64())
         else {
@@ -296,11 +296,13 @@ fn main() -> Result<()> {
         let e = wall.entry(run.to_string()).or_default();
         e.0 += w;
         e.1 = e.1.max(to);
+        e.2.insert(l["threads"].as_u64().unwrap_or(1));
     }
-    println!("\n| run | steps reached (recorded segments) | training wall s (1 niced thread, shared machine) |");
-    println!("|---|---:|---:|");
-    for (run, (w, to)) in &wall {
-        println!("| {run} | {to} | {w:.0} |");
+    println!("\n| run | steps reached (recorded segments) | training wall s (niced, shared machine) | threads |");
+    println!("|---|---:|---:|---|");
+    for (run, (w, to, threads)) in &wall {
+        let threads: Vec<String> = threads.iter().map(u64::to_string).collect();
+        println!("| {run} | {to} | {w:.0} | {} |", threads.join(", "));
     }
     Ok(())
 }

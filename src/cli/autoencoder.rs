@@ -257,9 +257,9 @@ fn train(g: &Global, a: TrainArgs) -> Result<i32> {
         None => None,
     };
     let resumed_dir = a.resume.as_ref().map(|r| {
-        // <run>/checkpoints/step-N -> <run>; a run folder is itself.
-        if r.join("state.json").is_file() {
-            r.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf()
+        // A checkpoint's run folder; a run folder is itself.
+        if r.join(crate::train::checkpoint::STATE).is_file() {
+            crate::train::checkpoint::run_dir(r)
         } else {
             r.clone()
         }

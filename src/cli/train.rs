@@ -62,7 +62,7 @@ pub fn run(g: &Global, a: TrainArgs) -> Result<i32> {
     let resumed_dir = match &a.resume {
         Some(r) => {
             let ck = checkpoint::resolve(r)?;
-            Some((ck.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf(), ck))
+            Some((checkpoint::run_dir(&ck), ck))
         }
         None => None,
     };

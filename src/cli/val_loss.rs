@@ -134,7 +134,8 @@ pub fn run(g: &Global, a: ValLossArgs) -> Result<i32> {
         println!("{} (step {}, {}): {}", ckpt.display(), l.step, if a.raw { "raw" } else { "EMA" }, cells.join(" | "));
         let per_image = match &a.per_image {
             Some(dir) => {
-                let run = ckpt.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).unwrap_or_default();
+                let run_dir = crate::train::checkpoint::run_dir(&ckpt);
+                let run = run_dir.file_name().unwrap_or_default();
                 let path = dir.join(run).join(format!("step-{}.npy", l.step));
                 crate::io::ensure_parent_dir(&path)?;
                 let rows: Vec<Tensor> = r.per_image.iter().map(|v| Tensor::from_slice(v)).collect();

@@ -50,6 +50,15 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// The run folder a checkpoint folder belongs to: `<run>/checkpoints/step-N` -> `<run>` (the layout
+/// both `msdiff train` and `msdiff autoencoder train` write); `.` when the path has no such parent.
+pub fn run_dir(checkpoint: &Path) -> PathBuf {
+    match checkpoint.parent().and_then(Path::parent) {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Save a checkpoint under `dir/step-N/` atomically and prune to the `keep_last` newest.
 pub fn save(dir: &Path, state: &State, t: &Tensors, keep_last: usize) -> Result<PathBuf> {
     let mut named: Vec<(String, Tensor)> = Vec::new();
@@ -201,4 +210,19 @@ pub fn load(path: &Path) -> Result<(State, Tensors)> {
         g.sort_by(|a, b| a.0.cmp(&b.0));
     }
     Ok((state, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dir_is_two_levels_up_or_the_current_folder() {
+        let ck = Path::new("runs/a").join("checkpoints").join(step_dir_name(10));
+        assert_eq!(run_dir(&ck), Path::new("runs/a"));
+        assert_eq!(run_dir(Path::new("/abs/run/checkpoints/step-00000001")), Path::new("/abs/run"));
+        // Relative paths without a run level resolve to the current folder, not an empty path.
+        assert_eq!(run_dir(Path::new("checkpoints/step-00000001")), Path::new("."));
+        assert_eq!(run_dir(Path::new("step-00000001")), Path::new("."));
+    }
 }
